@@ -1,0 +1,125 @@
+"""Everything klingflow knows about the Kling O3 Pro video-to-video edit endpoint, in one place.
+
+Preprocessing, the fal simulator and the cost math all import these constants and models, so a
+change of limits or price is a one-line change here. Source: ../shared/reference/endpoint.md.
+Values the provider does not state (image limits, billing rounding) are marked as assumptions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import ROUND_HALF_UP, Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENDPOINT_ID = "fal-ai/kling-video/o3/pro/video-to-video/edit"
+
+# Price: "$0.336 for every second of video you generated".
+PRICE_PER_SECOND_USD = Decimal("0.336")
+
+# Video input limits: ".mp4/.mov formats, 3-10s duration, 720-2160px resolution, max 200MB".
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov"})
+VIDEO_CONTAINERS = frozenset({"mp4", "mov"})  # names as FFmpeg's mov/mp4 demuxer family reports them
+MIN_DURATION_S = 3.0
+MAX_DURATION_S = 10.0
+# Tolerance for container rounding: a "10 s" clip often probes as 10.01-10.05 s (O1 docs: max 10.05 s).
+DURATION_TOLERANCE_S = 0.05
+MIN_SIDE_PX = 720
+MAX_SIDE_PX = 2160
+MAX_VIDEO_BYTES = 200 * 1000 * 1000  # "200MB", read conservatively as decimal megabytes
+MIN_FPS = 24.0  # from the sibling O1 edit docs ("Min FPS 24, Max FPS 60"); assumption for O3
+MAX_FPS = 60.0
+
+# Reference images: "Maximum 4 total (elements + reference images) when using video".
+MAX_REFERENCES = 4
+# Image limits are not documented for this endpoint; these follow Kling's published image-input
+# limits and are assumptions: JPEG/PNG/WEBP, at most 10 MB, each side >= 300 px, aspect 1:2.5..2.5:1.
+IMAGE_FORMATS = frozenset({"JPEG", "PNG", "WEBP"})
+MAX_IMAGE_BYTES = 10 * 1000 * 1000
+MIN_IMAGE_SIDE_PX = 300
+MAX_IMAGE_ASPECT = 2.5
+
+DEFAULT_SHOT_TYPE = "customize"
+SHOT_TYPES = frozenset({"customize"})  # the only value the schema documents
+
+PROMPT_REFERENCE = re.compile(r"@(Video|Image|Element)(\d+)")
+
+
+class ElementInput(BaseModel):
+    """An element (character/object) as the endpoint takes it: `KlingV3ImageElementInput`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frontal_image_url: str
+    reference_image_urls: list[str] = Field(default_factory=list)
+
+
+class EditInput(BaseModel):
+    """The endpoint's input schema."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    video_url: str
+    image_urls: list[str] = Field(default_factory=list)
+    keep_audio: bool = True
+    elements: list[ElementInput] = Field(default_factory=list)
+    shot_type: str = DEFAULT_SHOT_TYPE
+
+
+class FalFile(BaseModel):
+    """fal's `File` output object."""
+
+    url: str
+    content_type: str = "video/mp4"
+    file_name: str
+    file_size: int
+
+
+class EditOutput(BaseModel):
+    """The endpoint's output schema."""
+
+    video: FalFile
+
+
+def prompt_reference_errors(prompt: str, *, has_video: bool, n_images: int, n_elements: int) -> list[str]:
+    """Why a prompt's @Video/@Image/@Element references do not match what is given (empty if fine)."""
+    errors: list[str] = []
+    if not prompt.strip():
+        errors.append("prompt is empty")
+    if n_images + n_elements > MAX_REFERENCES:
+        errors.append(
+            f"{n_images} image(s) + {n_elements} element(s) = {n_images + n_elements}; "
+            f"the endpoint takes at most {MAX_REFERENCES} in total"
+        )
+    available = {"Video": 1 if has_video else 0, "Image": n_images, "Element": n_elements}
+    for kind, number in sorted({(m.group(1), int(m.group(2))) for m in PROMPT_REFERENCE.finditer(prompt)}):
+        if not 1 <= number <= available[kind]:
+            given = available[kind]
+            errors.append(f"prompt refers to @{kind}{number} but {given} {kind.lower()}(s) are given")
+    return errors
+
+
+def duration_in_limits(duration_s: float) -> bool:
+    """Whether a video duration is accepted (with container-rounding tolerance)."""
+    return MIN_DURATION_S - DURATION_TOLERANCE_S <= duration_s <= MAX_DURATION_S + DURATION_TOLERANCE_S
+
+
+def size_in_limits(width: int, height: int) -> bool:
+    """Whether both displayed sides are within the endpoint's pixel limits."""
+    return MIN_SIDE_PX <= width <= MAX_SIDE_PX and MIN_SIDE_PX <= height <= MAX_SIDE_PX
+
+
+def billable_seconds(output_duration_s: float) -> int:
+    """Seconds billed for an output: whole generated seconds, rounded up (assumption, conservative).
+
+    fal does not document the rounding; Kling outputs are whole seconds in practice. A small epsilon
+    keeps 5.0000001 s (container rounding) at 5.
+    """
+    return max(0, math.ceil(output_duration_s - 0.02))
+
+
+def cost_usd(seconds: float) -> Decimal:
+    """Dollars for a number of billed seconds, to the cent."""
+    return (PRICE_PER_SECOND_USD * Decimal(str(seconds))).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)

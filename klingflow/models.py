@@ -1,0 +1,150 @@
+"""Pydantic models at the pipeline's boundaries: the manifest row, the flow's parameters and the
+job record that each stage fills in and the report is built from."""
+
+from __future__ import annotations
+
+import enum
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from klingflow.endpoint import DEFAULT_SHOT_TYPE, ENDPOINT_ID
+
+
+def default_state_dir() -> str:
+    """Where caches, the request ledger and the embedded simulator's state live (KLINGFLOW_HOME)."""
+    return os.environ.get("KLINGFLOW_HOME") or str(Path.home() / ".klingflow")
+
+
+class ElementSpec(BaseModel):
+    """An element as a manifest gives it: local paths or URLs of its images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    frontal: str
+    references: list[str] = Field(default_factory=list)
+
+
+class ManifestRow(BaseModel):
+    """One edit as the user writes it. Paths are resolved against the manifest's folder on load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = None
+    prompt: str
+    video: str
+    images: list[str] = Field(default_factory=list)
+    elements: list[ElementSpec] = Field(default_factory=list)
+    keep_audio: bool = True
+    shot_type: str = DEFAULT_SHOT_TYPE
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    simulator = "simulator"
+    fal = "fal"
+
+
+class TooLongPolicy(str, enum.Enum):
+    trim = "trim"
+    reject = "reject"
+
+
+class EditParams(BaseModel):
+    """Parameters of the `edit_videos` flow (one model, so the Prefect UI renders a form)."""
+
+    manifest: str = Field(description="Path of the manifest (CSV, JSONL or YAML)")
+    backend: Backend = Field(
+        Backend.auto, description="simulator, fal, or auto (fal when a key is configured, else the simulator)"
+    )
+    max_concurrency: int = Field(2, ge=1, le=200, description="Requests in flight at fal at once (all workers)")
+    output_dir: str = Field("outputs", description="Where edited videos are downloaded")
+    report_dir: str = Field("reports", description="Where the parquet report history is written")
+    state_dir: str = Field(
+        default_factory=default_state_dir, description="Caches and request ledger (must be shared by all workers)"
+    )
+    job_timeout_s: float = Field(3600.0, gt=0, description="Per job, from submission; then the request is cancelled")
+    poll_interval_s: float = Field(5.0, gt=0, description="First status poll interval; grows to poll_max_interval_s")
+    poll_max_interval_s: float = Field(30.0, gt=0, description="Longest wait between two status polls")
+    too_long: TooLongPolicy = Field(TooLongPolicy.trim, description="Clips over 10 s: trim to 10 s, or reject")
+    max_budget_usd: float | None = Field(None, ge=0, description="Hard cap on this run's spend; None = no cap")
+    dry_run: bool = Field(False, description="Validate, preprocess and estimate; submit nothing")
+    force: bool = Field(False, description="Re-run jobs that already have a successful result")
+    concurrency_limit: str = Field("klingflow-fal", description="Name of the Prefect global concurrency limit")
+    simulator_time_scale: float = Field(
+        1.0, ge=0, description="Embedded simulator: processing seconds per video second"
+    )
+    endpoint: str = Field(ENDPOINT_ID, description="fal endpoint id")
+
+
+JobStatus = Literal["pending", "succeeded", "failed", "cancelled", "skipped_budget", "dry_run"]
+
+
+class JobRecord(BaseModel):
+    """One job as it moves through the stages; each stage returns an updated copy.
+
+    A job that failed keeps `status="failed"` with `error` and `error_stage`; later stages pass it through.
+    """
+
+    job_id: str
+    row: int
+    prompt: str
+    video: str  # as resolved from the manifest: absolute local path or URL
+    images: list[str] = Field(default_factory=list)
+    elements: list[ElementSpec] = Field(default_factory=list)
+    keep_audio: bool = True
+    shot_type: str = DEFAULT_SHOT_TYPE
+
+    status: JobStatus = "pending"
+    error: str | None = None
+    error_stage: str | None = None
+
+    # preprocess
+    source: dict | None = None  # VideoProbe of the original input, as a dict
+    source_sha256: str | None = None
+    preprocess_actions: list[str] = Field(default_factory=list)
+    input_path: str | None = None  # the file that is uploaded (original if passthrough)
+    input_sha256: str | None = None
+    input_bytes: int | None = None
+    input_duration_s: float | None = None
+    input_width: int | None = None
+    input_height: int | None = None
+    prepared_images: list[str] = Field(default_factory=list)
+    prepared_elements: list[ElementSpec] = Field(default_factory=list)
+    job_key: str | None = None  # identity of the paid work: hashes of inputs + prompt + params + endpoint
+    estimated_seconds: int | None = None
+    estimated_cost_usd: float | None = None
+
+    # upload
+    video_url: str | None = None
+    image_urls: list[str] = Field(default_factory=list)
+    element_urls: list[dict] = Field(default_factory=list)  # ElementInput dicts
+    upload_cache_hits: int = 0
+    uploaded_bytes: int = 0
+
+    # submit / collect
+    request_id: str | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    status_polls: int = 0
+    output_url: str | None = None
+    output_path: str | None = None
+    output_sha256: str | None = None
+    output_bytes: int | None = None
+    output_duration_s: float | None = None
+    billed_seconds: float | None = None
+    cost_usd: float | None = None
+    cost_source: Literal["header", "estimate", "none"] = "none"
+    reused: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status not in ("failed", "cancelled", "skipped_budget")
+
+    def fail(self, stage: str, error: str) -> JobRecord:
+        """A copy of this job marked failed at `stage` with a plain error."""
+        return self.model_copy(update={"status": "failed", "error_stage": stage, "error": error})

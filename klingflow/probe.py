@@ -1,0 +1,129 @@
+"""Fast media probing with PyAV: what a file is, as the endpoint would see it.
+
+Used by preprocessing (decide passthrough / remux / transcode), by the simulator (validate inputs
+like the provider) and by result verification (the output decodes and has the expected duration).
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from pydantic import BaseModel
+
+from klingflow.errors import MediaError
+
+# FFmpeg transfer characteristics that mean HDR: 16 = SMPTE ST 2084 (PQ), 18 = ARIB STD-B67 (HLG).
+HDR_TRANSFERS = frozenset({16, 18})
+
+
+class VideoProbe(BaseModel):
+    """What a video file is. Sizes are as displayed (rotation applied)."""
+
+    path: str
+    size_bytes: int
+    container: str  # FFmpeg demuxer name, e.g. "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"
+    duration_s: float
+    video_codec: str
+    pix_fmt: str | None
+    coded_width: int
+    coded_height: int
+    rotation: int  # degrees, as FFmpeg reports the display matrix (0, 90, -90, 180 ...)
+    width: int  # displayed
+    height: int  # displayed
+    fps: float  # average frame rate
+    base_fps: float  # the stream's base (r_frame_rate)
+    is_vfr: bool
+    bit_depth: int
+    color_transfer: int | None
+    color_primaries: int | None
+    is_hdr: bool
+    has_audio: bool
+    audio_codec: str | None
+
+    @property
+    def is_mp4_family(self) -> bool:
+        """Whether the container is one of mov/mp4 (the only ones the endpoint takes)."""
+        return self.container.startswith("mov") or "mp4" in self.container.split(",")
+
+
+def _rate(value: Fraction | None) -> float:
+    return float(value) if value else 0.0
+
+
+def _bit_depth(pix_fmt: str | None) -> int:
+    if pix_fmt is None:
+        return 8
+    for depth in (16, 14, 12, 10):
+        if f"p{depth}" in pix_fmt or pix_fmt.endswith(f"{depth}le") or pix_fmt.endswith(f"{depth}be"):
+            return depth
+    return 8
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    raise MediaError("the file has no duration")
+
+
+def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
+    """Probe a video file, decoding only its first frame (for the rotation matrix).
+
+    Raises MediaError with a plain reason for anything that is not a usable video.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MediaError("file not found")
+    if not p.is_file():
+        raise MediaError("not a regular file")
+    size = p.stat().st_size
+    if size == 0:
+        raise MediaError("file is empty")
+    try:
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                kind = "audio only" if container.streams.audio else "no video stream"
+                raise MediaError(f"not a video ({kind})")
+            stream = container.streams.video[0]
+            ctx = stream.codec_context
+            rotation = 0
+            for frame in container.decode(stream):
+                rotation = int(getattr(frame, "rotation", 0) or 0)
+                break
+            else:
+                raise MediaError("no decodable video frame")
+            audio = container.streams.audio[0] if container.streams.audio else None
+            avg, base = _rate(stream.average_rate), _rate(stream.base_rate)
+            coded_w, coded_h = ctx.width, ctx.height
+            swapped = rotation % 180 != 0
+            trc = getattr(ctx, "color_trc", None)
+            return VideoProbe(
+                path=str(p),
+                size_bytes=size,
+                container=container.format.name,
+                duration_s=_duration(container, stream),
+                video_codec=ctx.name,
+                pix_fmt=ctx.pix_fmt,
+                coded_width=coded_w,
+                coded_height=coded_h,
+                rotation=rotation,
+                width=coded_h if swapped else coded_w,
+                height=coded_w if swapped else coded_h,
+                fps=avg,
+                base_fps=base,
+                is_vfr=bool(avg and base and abs(avg - base) / base > 0.01),
+                bit_depth=_bit_depth(ctx.pix_fmt),
+                color_transfer=trc,
+                color_primaries=getattr(ctx, "color_primaries", None),
+                is_hdr=trc in HDR_TRANSFERS,
+                has_audio=audio is not None,
+                audio_codec=audio.codec_context.name if audio is not None else None,
+            )
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:  # truncated, garbage, unknown format
+        raise MediaError(f"not a readable video ({exc.__class__.__name__}: {exc})") from exc

@@ -1,0 +1,35 @@
+"""Shared fixtures: an isolated environment, a session-wide Prefect test server, the simulator.
+
+The simulator is a real HTTP server in a thread; the real fal_client talks to it (no mocks).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TEST_FAL_KEY = "sim-test-key:not-a-secret"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own KLINGFLOW_HOME and a fake key; nothing touches ~/.klingflow or fal.ai."""
+    monkeypatch.setenv("KLINGFLOW_HOME", str(tmp_path / "klingflow-home"))
+    monkeypatch.setenv("FAL_KEY", TEST_FAL_KEY)
+    monkeypatch.delenv("KLINGFLOW_SIMULATOR_URL", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One ephemeral Prefect server for the whole session (start-up costs ~10 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage")
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
