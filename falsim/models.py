@@ -1,0 +1,84 @@
+"""The simulator's records: one queue request, its log lines and its billing ledger entry."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+QueueStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+JobFault = Literal["fail", "hang"]
+
+
+def utcnow() -> datetime:
+    """Aware UTC now (every timestamp the simulator writes is aware)."""
+    return datetime.now(UTC)
+
+
+class Outcome(StrEnum):
+    """How a COMPLETED request ended; only `ok` is billed."""
+
+    OK = "ok"
+    INVALID = "invalid"  # 422: the provider rejected the input
+    FAILED = "failed"  # 500: injected job failure
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"  # not started within X-Fal-Request-Timeout
+
+
+class LogLine(BaseModel):
+    """A log item as fal's status endpoint returns it."""
+
+    message: str
+    level: str = "INFO"
+    source: str = "USER"
+    timestamp: datetime = Field(default_factory=utcnow)
+
+
+class OutputFile(BaseModel):
+    """Where a result video is stored (the URL is built per response, so it follows the current port)."""
+
+    slot: str
+    name: str
+    size: int
+    duration_s: float
+
+
+class RequestRecord(BaseModel):
+    """One queue request, persisted as requests/<id>.json on every state change."""
+
+    request_id: str
+    endpoint: str
+    key_id: str
+    input: Any
+    status: QueueStatus = "IN_QUEUE"
+    outcome: Outcome | None = None
+    submitted_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    start_timeout_s: float | None = None
+    fault: JobFault | None = None
+    logs: list[LogLine] = Field(default_factory=list)
+    error: str | None = None
+    error_type: str | None = None
+    error_status: int | None = None
+    error_body: Any = None
+    output: OutputFile | None = None
+    billed_seconds: int | None = None
+    inference_time_s: float | None = None
+
+
+class LedgerEntry(BaseModel):
+    """One billed request (a line of ledger.jsonl). cost_usd is a Decimal, serialised as a string."""
+
+    request_id: str
+    endpoint: str
+    key_id: str
+    input: Any
+    billed_seconds: int
+    cost_usd: Decimal
+    submitted_at: datetime
+    started_at: datetime | None
+    completed_at: datetime

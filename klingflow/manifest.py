@@ -1,0 +1,156 @@
+"""Read a manifest (CSV, JSONL or YAML) into job records, one per row.
+
+Relative paths resolve against the manifest's folder. A row that cannot be read becomes a failed
+job naming the row and the reason; the rest of the batch goes on. Only a manifest that cannot be
+read at all raises ManifestError.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from klingflow.errors import JobError, ManifestError
+from klingflow.models import ElementSpec, JobRecord, ManifestRow
+
+SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
+_LIST_FIELDS = ("images", "elements")
+_TRUE = {"1", "true", "yes", "y", "on"}
+_FALSE = {"0", "false", "no", "n", "off"}
+
+
+def load_manifest(path: str | Path) -> list[JobRecord]:
+    """Every row of the manifest as a job record (failed rows carry their error)."""
+    manifest = Path(path).expanduser().resolve()
+    if not manifest.is_file():
+        raise ManifestError(f"manifest {manifest}: file not found")
+    kind = SUFFIXES.get(manifest.suffix.lower())
+    if kind is None:
+        raise ManifestError(f"manifest {manifest}: unknown format {manifest.suffix!r} (use .csv, .jsonl or .yaml)")
+    try:
+        raw_rows = _READERS[kind](manifest)
+    except (OSError, UnicodeDecodeError, csv.Error, yaml.YAMLError) as exc:
+        raise ManifestError(f"manifest {manifest}: cannot be read ({exc})") from exc
+    records = [_record(i, raw, manifest) for i, raw in enumerate(raw_rows, start=1)]
+    return _fail_duplicate_ids(records, manifest)
+
+
+def _read_csv(path: Path) -> list[Any]:
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        return [_from_csv(row) for row in csv.DictReader(fh)]
+
+
+def _read_jsonl(path: Path) -> list[Any]:
+    rows: list[Any] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            rows.append(_Unreadable(f"invalid JSON ({exc.msg})"))
+    return rows
+
+
+def _read_yaml(path: Path) -> list[Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict):
+        data = data.get("jobs")
+    if not isinstance(data, list):
+        raise ManifestError(f"manifest {path}: YAML must be a list of rows or a mapping with a 'jobs' list")
+    return data
+
+
+_READERS = {"csv": _read_csv, "jsonl": _read_jsonl, "yaml": _read_yaml}
+
+
+class _Unreadable:
+    """A row that could not even be parsed; becomes a failed job."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _from_csv(row: dict[str, str | None]) -> dict[str, Any] | _Unreadable:
+    """CSV cells are strings: lists are JSON or ';'-separated, elements are JSON, booleans are words."""
+    out: dict[str, Any] = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+    for key in _LIST_FIELDS:
+        cell = out.get(key)
+        if not cell:
+            out.pop(key, None)
+        elif cell.startswith("["):
+            try:
+                out[key] = json.loads(cell)
+            except json.JSONDecodeError as exc:
+                return _Unreadable(f"column {key!r} is not valid JSON ({exc.msg})")
+        else:
+            out[key] = [part.strip() for part in cell.split(";") if part.strip()]
+    if out.get("keep_audio") in ("", None):
+        out.pop("keep_audio", None)
+    elif isinstance(out.get("keep_audio"), str):
+        word = out["keep_audio"].lower()
+        if word not in _TRUE | _FALSE:
+            return _Unreadable(f"keep_audio {out['keep_audio']!r} is not true/false")
+        out["keep_audio"] = word in _TRUE
+    for key in ("id", "shot_type"):
+        if out.get(key) == "":
+            out.pop(key)
+    return out
+
+
+def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
+    base = manifest.parent
+    if isinstance(raw, _Unreadable):
+        return _failed_row(index, raw.reason, manifest)
+    if not isinstance(raw, dict):
+        return _failed_row(index, "a row must be a mapping of column to value", manifest)
+    try:
+        row = ManifestRow.model_validate(raw)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+        return _failed_row(index, reasons, manifest, job_id=str(raw.get("id") or "") or None)
+    return JobRecord(
+        job_id=row.id or f"row-{index:04d}",
+        row=index,
+        prompt=row.prompt,
+        video=_resolve(row.video, base),
+        images=[_resolve(i, base) for i in row.images],
+        elements=[
+            ElementSpec(frontal=_resolve(e.frontal, base), references=[_resolve(r, base) for r in e.references])
+            for e in row.elements
+        ],
+        keep_audio=row.keep_audio,
+        shot_type=row.shot_type,
+    )
+
+
+def _failed_row(index: int, reason: str, manifest: Path, job_id: str | None = None) -> JobRecord:
+    job_id = job_id or f"row-{index:04d}"
+    error = JobError(reason, job_id=f"{index} ({job_id})", path=str(manifest), stage="manifest").message
+    return JobRecord(job_id=job_id, row=index, prompt="", video="").fail("manifest", error)
+
+
+def _resolve(ref: str, base: Path) -> str:
+    """URLs stay as they are; local paths become absolute, relative to the manifest's folder."""
+    ref = ref.strip()
+    if ref.startswith(("http://", "https://")):
+        return ref
+    path = Path(ref).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _fail_duplicate_ids(records: list[JobRecord], manifest: Path) -> list[JobRecord]:
+    seen: dict[str, int] = {}
+    out = []
+    for rec in records:
+        first = seen.setdefault(rec.job_id, rec.row)
+        if first != rec.row and rec.status != "failed":
+            reason = f"id {rec.job_id!r} is already used by row {first}; ids must be unique"
+            rec = rec.fail("manifest", JobError(reason, job_id=str(rec.row), path=str(manifest)).message)
+        out.append(rec)
+    return out

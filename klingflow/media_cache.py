@@ -1,0 +1,73 @@
+"""Transcode cache: (source sha256, settings digest) -> normalized file, so the same bytes with the
+same settings are never transcoded twice, across runs and workers sharing the state dir.
+
+The index is diskcache with JSONDisk (values stay JSON: the default pickle disk executes code on
+load, CVE-2025-69872) in a 0700 directory. A hit is only trusted if the file still exists with the
+recorded size and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import diskcache
+from pydantic import BaseModel
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def private_dir(path: Path) -> Path:
+    """Create a directory readable by its owner only (and tighten it if it already exists)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+class CacheEntry(BaseModel):
+    """A normalized file as the index records it."""
+
+    path: str
+    sha256: str
+    size_bytes: int
+    actions: list[str]
+    probe: dict
+
+
+class TranscodeCache:
+    """JSON index of normalized files under `directory`."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = private_dir(Path(directory))
+
+    @staticmethod
+    def key(source_sha256: str, settings_digest: str) -> str:
+        return f"{source_sha256}:{settings_digest}"
+
+    def get(self, source_sha256: str, settings_digest: str) -> CacheEntry | None:
+        """The cached entry if its file is still there, unchanged; else None (and the entry is dropped)."""
+        key = self.key(source_sha256, settings_digest)
+        with diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk) as index:
+            raw = index.get(key)
+            if raw is None:
+                return None
+            entry = CacheEntry.model_validate(raw)
+            path = Path(entry.path)
+            if path.is_file() and path.stat().st_size == entry.size_bytes and sha256_file(path) == entry.sha256:
+                return entry
+            index.delete(key)
+            return None
+
+    def put(self, source_sha256: str, settings_digest: str, entry: CacheEntry) -> None:
+        with diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk) as index:
+            index.set(self.key(source_sha256, settings_digest), entry.model_dump(mode="json"))

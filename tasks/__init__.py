@@ -1,0 +1,1 @@
+"""The pipeline's stages as Prefect tasks, one module per stage."""
