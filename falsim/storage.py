@@ -167,4 +167,3 @@ class Storage:
         if json.loads(target.read_text()) != {"slot": slot, "name": name}:
             raise StorageError("upload id does not belong to this file")
         return session
-

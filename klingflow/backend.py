@@ -23,7 +23,7 @@ from klingflow.fal_backend import FAL_DEFAULTS, point_fal_client_at, point_fal_c
 from klingflow.models import Backend, EditParams
 
 SIMULATOR_URL_ENV = "KLINGFLOW_SIMULATOR_URL"
-FAL_KEY_SECRET_BLOCK = "fal-key"  # Prefect Secret block holding the fal key (environment FAL_KEY is the fallback)
+FAL_KEY_SECRET_BLOCK = "fal-key"  # noqa: S105 - a block name, not a secret; Prefect Secret block holding the fal key (environment FAL_KEY is the fallback)
 SIMULATOR_KEY = "klingflow-simulator"  # the simulator accepts any key; a user's real key is never sent to it
 
 log = logging.getLogger(__name__)

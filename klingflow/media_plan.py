@@ -38,6 +38,8 @@ PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
 # Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
 COPYABLE_AUDIO = frozenset({"aac", "mp3"})
 BT2020_PRIMARIES = 9
+# Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
+REMUX_TRIM_FRAMES = 3
 
 
 class TooShortPolicy(enum.StrEnum):
@@ -211,6 +213,8 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
         if _container_ok(probe) and not dur_actions and not audio_actions:
             return Plan(mode="passthrough", actions=["passthrough"], width=width, height=height, duration_s=duration)
+        if trim_s:  # a stream copy cut keeps up to ~2 reordered frames past -t: cut 3 frames early
+            trim_s = duration = trim_s - REMUX_TRIM_FRAMES / (probe.fps or probe.base_fps)
         actions = ["remux", *dur_actions, *audio_actions]
         return Plan(
             mode="remux", actions=actions, width=width, height=height, duration_s=duration, trim_s=trim_s, audio=audio

@@ -42,13 +42,13 @@ class ManifestRow(BaseModel):
     shot_type: str = DEFAULT_SHOT_TYPE
 
 
-class Backend(str, enum.Enum):
+class Backend(enum.StrEnum):
     auto = "auto"
     simulator = "simulator"
     fal = "fal"
 
 
-class TooLongPolicy(str, enum.Enum):
+class TooLongPolicy(enum.StrEnum):
     trim = "trim"
     reject = "reject"
 

@@ -70,8 +70,34 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
     raise MediaError("the file has no duration")
 
 
-def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
+def _check_complete(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, duration: float
+) -> None:
+    """Raise MediaError if the packets stop before the stated duration (a cut-off download).
+
+    A truncated file whose index survived (mp4 with `+faststart`, i.e. moov first) opens and
+    decodes its first frame fine; only reading the last second of packets reveals the cut.
+    """
+    tb = stream.time_base
+    if tb is None or duration <= 0:
+        return
+    start = stream.start_time or 0
+    container.seek(start + max(0, int((duration - 1.0) / tb)), stream=stream, backward=True)
+    end = None
+    for packet in container.demux(stream):
+        if packet.pts is not None:
+            pkt_end = float((packet.pts - start + (packet.duration or 0)) * tb)
+            end = pkt_end if end is None else max(end, pkt_end)
+    fps = _rate(stream.average_rate) or _rate(stream.base_rate) or 24.0
+    if end is None or end < duration - 2.0 / fps - 0.02:
+        got = "no packets" if end is None else f"{end:.2f} s"
+        raise MediaError(f"file is truncated (video data ends at {got} of {duration:.2f} s)")
+
+
+def probe_video(path: str | os.PathLike[str], *, check_complete: bool = True) -> VideoProbe:
     """Probe a video file, decoding only its first frame (for the rotation matrix).
+
+    `check_complete` also demuxes (without decoding) the last second to catch truncated files.
 
     Raises MediaError with a plain reason for anything that is not a usable video.
     """
@@ -101,11 +127,14 @@ def probe_video(path: str | os.PathLike[str]) -> VideoProbe:
             coded_w, coded_h = ctx.width, ctx.height
             swapped = rotation % 180 != 0
             trc = getattr(ctx, "color_trc", None)
+            duration = _duration(container, stream)
+            if check_complete:
+                _check_complete(container, stream, duration)
             return VideoProbe(
                 path=str(p),
                 size_bytes=size,
                 container=container.format.name,
-                duration_s=_duration(container, stream),
+                duration_s=duration,
                 video_codec=ctx.name,
                 pix_fmt=ctx.pix_fmt,
                 coded_width=coded_w,

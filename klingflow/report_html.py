@@ -211,7 +211,7 @@ def _svg(width: int, height: int, title: str, body: list[str]) -> Markup:
 
 
 def _nice_max(value: float) -> float:
-    """A round axis maximum ≥ value (1, 2, 2.5, 5 × 10^k)."""
+    """A round axis maximum ≥ value (1, 2, 2.5, 5 times a power of ten)."""
     if value <= 0:
         return 1.0
     exp = 10 ** math.floor(math.log10(value))
@@ -220,13 +220,15 @@ def _nice_max(value: float) -> float:
 
 def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
     """Horizontal bars: billed cost per job (colour = status), a black tick at the estimated cost."""
-    if len(rows) > limit:
+    truncated = len(rows) > limit
+    if truncated:
         rows = sorted(rows, key=lambda r: -(_number(r.get("cost_usd")) or 0))[:limit]
     label_w, bar_w, row_h, top = 190, 460, 18, 24
     height = top + row_h * max(1, len(rows)) + 24
     peak = _nice_max(max([_number(r.get("cost_usd")) or 0 for r in rows]
                          + [_number(r.get("estimated_cost_usd")) or 0 for r in rows] + [0.0]))
-    body = [f'<text x="0" y="14" font-weight="600">Cost per job (USD){" — top " + str(limit) if limit and len(rows) >= limit else ""}</text>']
+    suffix = f" (top {limit} by cost)" if truncated else ""
+    body = [f'<text x="0" y="14" font-weight="600">Cost per job (USD){suffix}</text>']
     for i in range(5):
         x = label_w + bar_w * i / 4
         body.append(f'<line x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{height - 20}" stroke="#e0e0e0"/>'
@@ -250,7 +252,7 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
 
 def histogram(values: list[float], title: str, *, bins: int = 12) -> Markup:
     """A histogram of seconds with p50 (dashed) and p95 (dotted) markers."""
-    w, h, left, bottom, top = 300, 170, 34, 28, 22
+    w, h, left, bottom, top = 300, 170, 30, 28, 22
     body = [f'<text x="0" y="14" font-weight="600">{escape(title)}</text>']
     if not values:
         body.append(f'<text x="{w / 2}" y="{h / 2}" text-anchor="middle" fill="#777">no data</text>')
@@ -260,23 +262,27 @@ def histogram(values: list[float], title: str, *, bins: int = 12) -> Markup:
     counts = pd.cut(series, bins=[hi * i / bins for i in range(bins + 1)], include_lowest=True).value_counts(
         sort=False).tolist()
     peak = max(counts) or 1
-    plot_w, plot_h = w - left - 8, h - top - bottom
+    plot_w, plot_h = w - left - 20, h - top - bottom
     for i, count in enumerate(counts):
         bh = plot_h * count / peak
         x = left + plot_w * i / bins
         body.append(f'<rect x="{x + 1:.1f}" y="{top + plot_h - bh:.1f}" width="{plot_w / bins - 2:.1f}" '
                     f'height="{bh:.1f}" fill="#1565c0"><title>{count} job(s)</title></rect>')
-    body.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 8}" y2="{top + plot_h}" stroke="#555"/>')
+    body.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#555"/>')
     for i in range(0, 5):
         x = left + plot_w * i / 4
         body.append(f'<text x="{x:.1f}" y="{h - 12}" text-anchor="middle" fill="#555">{hi * i / 4:g}s</text>')
+    body.append(f'<text x="{left + plot_w / 2:.1f}" y="{h - 1}" text-anchor="middle" fill="#777">'
+                f"seconds · {len(values)} job(s)</text>")
     body.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#555">{peak}</text>')
-    for q, dash in ((0.5, "5,3"), (0.95, "2,2")):
+    legend = []
+    for q, dash in ((0.5, "6,3"), (0.95, "2,2")):
         value = float(series.quantile(q))
         x = left + plot_w * value / hi
         body.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#c62828" '
-                    f'stroke-dasharray="{dash}"/><text x="{min(x + 3, w - 60):.1f}" y="{top + 10 + (q > 0.5) * 12}" '
-                    f'fill="#c62828">p{round(q * 100)} {value:.1f}s</text>')
+                    f'stroke-width="1.5" stroke-dasharray="{dash}"/>')
+        legend.append(f"p{round(q * 100)} {value:.1f}s")
+    body.append(f'<text x="{w - 8}" y="14" text-anchor="end" fill="#c62828">{" · ".join(legend)}</text>')
     return _svg(w, h, title, body)
 
 
@@ -307,7 +313,16 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
 
 def _usd(value: Any, digits: int = 3) -> str:
     number = _number(value)
-    return "—" if number is None else f"${number:,.{digits}f}"
+    if number is None:
+        return "—"
+    return f"-${-number:,.{digits}f}" if number < 0 else f"${number:,.{digits}f}"
+
+
+def _when(value: Any) -> str:
+    """A timestamp as 'YYYY-MM-DD HH:MM UTC'."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return pd.Timestamp(value).tz_convert("UTC").strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _secs(value: Any) -> str:
@@ -335,7 +350,7 @@ def file_uri(path: Any) -> str | None:
 
 def _environment() -> Environment:
     env = Environment(loader=PackageLoader("klingflow", "templates"), autoescape=select_autoescape(["html", "j2"]))
-    env.filters.update(usd=_usd, secs=_secs, pct=_pct)
+    env.filters.update(usd=_usd, secs=_secs, pct=_pct, when=_when)
     return env
 
 

@@ -69,8 +69,8 @@ def _json_clean(value: Any) -> Any:
         return {k: _json_clean(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_json_clean(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 6)  # no 2.3520000000000003 in machine output
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):

@@ -16,7 +16,7 @@ from klingflow.models import EditParams, JobRecord
 console = Console(stderr=True)
 
 
-async def run_with_progress(params: EditParams):  # noqa: ANN201 - flows.edit_videos.RunSummary | None
+async def run_with_progress(params: EditParams):
     """Run `edit_videos`; None when the run could not start (the reason is printed)."""
     from flows.edit_videos import RunSummary, edit_videos
 
@@ -25,7 +25,10 @@ async def run_with_progress(params: EditParams):  # noqa: ANN201 - flows.edit_vi
     except KlingflowError as exc:
         console.print(f"[red]klingflow: {exc}[/red]")
         return None
-    columns = (TextColumn("[bold]edits"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("[bold]edits"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=console, transient=False) as bar:
         task_id = bar.add_task("", total=total)
 
@@ -45,7 +48,7 @@ async def run_with_progress(params: EditParams):  # noqa: ANN201 - flows.edit_vi
     return summary
 
 
-def print_summary(summary) -> None:  # noqa: ANN001 - flows.edit_videos.RunSummary
+def print_summary(summary) -> None:
     table = Table(title=f"run {summary.run_id}")
     table.add_column("job")
     table.add_column("status")

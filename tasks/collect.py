@@ -90,7 +90,9 @@ async def wait_for_result(
 async def _cancel_after_timeout(
     record: JobRecord, handle: fal_client.AsyncRequestHandle, settings: PollSettings, polls: int, log: Any
 ) -> JobRecord:
-    log.warning("%s: no result after %.0f s; cancelling request %s", record.job_id, settings.timeout_s, handle.request_id)
+    log.warning(
+        "%s: no result after %.0f s; cancelling request %s", record.job_id, settings.timeout_s, handle.request_id
+    )
     with contextlib.suppress(fal_client.FalClientError, httpx.HTTPError):
         await handle.cancel()
     return record.model_copy(
@@ -162,14 +164,7 @@ async def download_and_verify(record: JobRecord, output_dir: Path) -> JobRecord:
     final = output_dir / f"{record.job_id}-{record.request_id}.mp4"
     tmp = output_dir / f".{final.name}.part"
     try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(300.0, connect=30.0), follow_redirects=True) as http:
-            async with http.stream("GET", record.output_url) as response:
-                response.raise_for_status()
-                with tmp.open("wb") as fh:
-                    async for chunk in response.aiter_bytes(1 << 20):
-                        fh.write(chunk)
-                    fh.flush()
-                    os.fsync(fh.fileno())
+        await _fetch_to(record.output_url, tmp)
         probe = await asyncio.to_thread(probe_video, tmp)
         _check_duration(record, probe.duration_s)
         digest = await asyncio.to_thread(sha256_file, tmp)
@@ -187,6 +182,18 @@ async def download_and_verify(record: JobRecord, output_dir: Path) -> JobRecord:
             "output_duration_s": probe.duration_s,
         }
     )
+
+
+async def _fetch_to(url: str, path: Path) -> None:
+    """Stream `url` into `path`, flushed to disk."""
+    timeout = httpx.Timeout(300.0, connect=30.0)
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http, http.stream("GET", url) as response:
+        response.raise_for_status()
+        with path.open("wb") as fh:
+            async for chunk in response.aiter_bytes(1 << 20):
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _check_duration(record: JobRecord, duration_s: float) -> None:

@@ -28,6 +28,7 @@ from klingflow.models import JobRecord
 
 SUBMIT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 MAX_SAFE_RETRIES = 8
+UNKNOWN_OUTCOME_STAGE = "submit-unknown"  # error_stage of a job whose POST may or may not have been accepted
 
 
 class SubmitOutcomeUnknown(Exception):
@@ -126,7 +127,7 @@ async def submit_job(record: JobRecord, session: BackendSession, endpoint: str) 
         submission = await post_once(session, endpoint, edit_arguments(record))
     except SubmitOutcomeUnknown as exc:
         return record.fail(
-            "submit",
+            UNKNOWN_OUTCOME_STAGE,
             f"row {record.row} ({record.job_id}): submission outcome unknown ({exc}); fal may have accepted and "
             "billed it, so it was not resent — check the fal dashboard, then re-run with force=true to submit again",
         )

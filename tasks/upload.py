@@ -88,7 +88,7 @@ async def upload_job(record: JobRecord, cache: UploadCache) -> JobRecord:
         nonlocal hits, uploaded
         try:
             url, hit, size = await cache.url_for(path, digest)
-        except Exception as exc:  # noqa: BLE001 - fal_client, httpx and OS errors alike end this job only
+        except Exception as exc:
             raise JobError(f"upload failed: {_describe(exc)}", job_id=record.job_id, path=path, stage="upload") from exc
         hits += hit
         uploaded += size

@@ -33,3 +33,37 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(home / "storage")
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - falsim.Simulator
+    """A fast simulator that the pipeline uses through KLINGFLOW_SIMULATOR_URL (shared queue and ledger)."""
+    from falsim import Simulator, SimulatorConfig
+
+    sim = Simulator(
+        SimulatorConfig(state_dir=tmp_path / "sim-state", time_scale=0.05, log_interval_s=0.05, concurrency_per_key=2)
+    ).start()
+    monkeypatch.setenv("KLINGFLOW_SIMULATOR_URL", sim.url)
+    try:
+        yield sim
+    finally:
+        sim.stop()
+
+
+def fast_params(tmp_path: Path, manifest: Path, **overrides: object):  # noqa: ANN201 - klingflow.models.EditParams
+    """Flow parameters for tests: simulator backend, quick polling, private dirs under tmp_path."""
+    from klingflow.models import EditParams
+
+    values: dict[str, object] = {
+        "manifest": str(manifest),
+        "backend": "simulator",
+        "output_dir": str(tmp_path / "outputs"),
+        "report_dir": str(tmp_path / "reports"),
+        "state_dir": str(tmp_path / "state"),
+        "poll_interval_s": 0.05,
+        "poll_max_interval_s": 0.2,
+        "job_timeout_s": 60,
+        "concurrency_limit": f"klingflow-test-{tmp_path.name}",
+    }
+    values.update(overrides)
+    return EditParams(**values)

@@ -1,0 +1,79 @@
+"""Getting input files the way the provider would: our own CDN URLs straight from disk (any loopback
+port, so URLs cached before a restart still work), data: URIs decoded, anything else over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from urllib.parse import unquote
+
+import httpx
+
+from falsim.storage import Storage
+
+
+class FetchError(Exception):
+    """An input URL cannot be fetched; `kind` is the 422 error type."""
+
+    def __init__(self, message: str, kind: str = "file_download_error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Fetched:
+    """A fetched file; `temporary` files are deleted by `discard`."""
+
+    def __init__(self, path: Path, *, temporary: bool) -> None:
+        self.path = path
+        self.temporary = temporary
+
+    def discard(self) -> None:
+        """Delete the file if it is our temporary copy."""
+        if self.temporary:
+            self.path.unlink(missing_ok=True)
+
+
+async def fetch(url: str, *, storage: Storage, client: httpx.AsyncClient, max_bytes: int) -> Fetched:
+    """Make `url` available as a local file no bigger than max_bytes (+1 so "too big" is detectable)."""
+    local = storage.resolve_url(url)
+    if local is not None:
+        return Fetched(local, temporary=False)
+    if url.startswith("data:"):
+        return _from_data_uri(url, storage)
+    if not url.startswith(("http://", "https://")):
+        raise FetchError(f"Unsupported URL: {url[:80]}")
+    return await _download(url, storage, client, max_bytes)
+
+
+def _from_data_uri(url: str, storage: Storage) -> Fetched:
+    header, _, data = url.partition(",")
+    try:
+        raw = base64.b64decode(data) if header.endswith(";base64") else unquote(data).encode()
+    except (binascii.Error, ValueError) as exc:
+        raise FetchError(f"Invalid data URI: {exc}") from exc
+    path = storage.temp_path()
+    path.write_bytes(raw)
+    return Fetched(path, temporary=True)
+
+
+async def _download(url: str, storage: Storage, client: httpx.AsyncClient, max_bytes: int) -> Fetched:
+    path = storage.temp_path()
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise FetchError(f"Failed to download {url}: HTTP {response.status_code}")
+            size = 0
+            with path.open("wb") as f:
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    f.write(chunk)
+                    if size > max_bytes:
+                        raise FetchError(f"File at {url} is larger than {max_bytes} bytes", "file_too_large")
+    except httpx.HTTPError as exc:
+        path.unlink(missing_ok=True)
+        raise FetchError(f"Failed to download {url}: {exc.__class__.__name__}") from exc
+    except FetchError:
+        path.unlink(missing_ok=True)
+        raise
+    return Fetched(path, temporary=True)

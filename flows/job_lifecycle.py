@@ -1,0 +1,235 @@
+"""One job's life at fal: reuse a paid result, or resume a submitted request, or upload and submit;
+then collect and download — never paying twice.
+
+Order of writes to the request ledger (each a durable SQLite commit):
+  "submitting" (before the POST) → "submitted" + request id (right after the answer)
+  → "completed" + output URL and bill → "succeeded" + output file.
+A crash after "submitted" is resumed by request id. A crash between "submitting" and "submitted"
+(a window of one HTTP round trip) leaves the outcome unknown: the next run does not resend it and
+says so, unless the user forces a re-run after checking fal's dashboard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import fal_client
+import httpx
+
+from klingflow.backend import BackendSession
+from klingflow.budget import Budget
+from klingflow.concurrency import RequestSlots
+from klingflow.hashing import sha256_file
+from klingflow.models import EditParams, JobRecord
+from klingflow.request_ledger import LedgerEntry, RequestLedger
+from tasks.collect import PollSettings, collect, download
+from tasks.submit import UNKNOWN_OUTCOME_STAGE, submit
+from tasks.upload import UploadCache, upload
+
+
+@dataclass
+class RunContext:
+    """Everything a job needs from its run."""
+
+    run_id: str
+    params: EditParams
+    session: BackendSession
+    ledger: RequestLedger
+    budget: Budget
+    slots: RequestSlots
+    uploads: UploadCache
+    poll: PollSettings
+
+
+async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
+    """The whole life of one job; its failures end this job only."""
+    if not job.ok or job.job_key is None:
+        return job
+    async with ctx.ledger.locked(job.job_key, ctx.run_id):
+        entry = ctx.ledger.get(job.job_key)
+        if entry is not None and not ctx.params.force:
+            if entry.state == "succeeded":
+                return await _reuse(job, entry, ctx)
+            if entry.state in ("submitted", "completed") and entry.request_id:
+                return await _resume(job, entry, ctx)
+            if entry.state == "submitting":
+                return job.fail("submit", _unknown_outcome(job, entry))
+        return await _submit_new(job, ctx)
+
+
+async def _submit_new(job: JobRecord, ctx: RunContext) -> JobRecord:
+    estimate = job.estimated_cost_usd or 0.0
+    if not ctx.budget.reserve(estimate):
+        return job.model_copy(
+            update={
+                "status": "skipped_budget",
+                "error": f"row {job.row} ({job.job_id}): not submitted: ${estimate:.2f} would exceed the budget of "
+                f"${ctx.params.max_budget_usd:.2f} (${ctx.budget.committed_usd:.2f} already committed)",
+                "error_stage": "budget",
+            }
+        )
+    job = await _guarded(job, "upload", upload(job, ctx.uploads))
+    if not job.ok:
+        ctx.budget.settle(estimate, 0.0)
+        return job
+    async with ctx.slots.hold():
+        _record(ctx, job, "submitting", submitting_at=time.time())
+        job = await _guarded(job, UNKNOWN_OUTCOME_STAGE, submit(job, ctx.session, ctx.params.endpoint))
+        if job.request_id is None:
+            if job.error_stage == "submit":  # a sure rejection: nothing at fal, nothing billed
+                ctx.ledger.update(job.job_key, state="failed", error=job.error)
+                ctx.budget.settle(estimate, 0.0)
+            return job
+        ctx.ledger.update(job.job_key, state="submitted", request_id=job.request_id, submitted_at=time.time())
+        job = await _collect(job, ctx)
+    ctx.budget.settle(estimate, job.cost_usd or 0.0)
+    return await _download(job, ctx)
+
+
+async def _resume(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
+    """A request an earlier run submitted: poll it by id instead of submitting again."""
+    ctx.budget.reserve(job.estimated_cost_usd or 0.0, force=True)
+    job = job.model_copy(
+        update={
+            "request_id": entry.request_id,
+            "submitted_at": datetime.fromtimestamp(entry.submitted_at or entry.updated_at, UTC),
+        }
+    )
+    if entry.state == "completed" and entry.output_url:
+        job = _with_result(job, entry)
+    else:
+        async with ctx.slots.hold():
+            job = await _collect(job, ctx)
+    ctx.budget.settle(job.estimated_cost_usd or 0.0, job.cost_usd or 0.0)
+    return await _download(job, ctx)
+
+
+async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
+    """A result already paid for: point at its output (downloading it again if the file is gone)."""
+    path = Path(entry.output_path) if entry.output_path else None
+    if path is not None and path.is_file() and await asyncio.to_thread(sha256_file, path) == entry.output_sha256:
+        return _reused(job, entry, path)
+    job = _with_result(job.model_copy(update={"request_id": entry.request_id}), entry)
+    job = await _guarded(job, "download", download(job, ctx.params.output_dir))
+    if job.status != "succeeded":
+        return job.fail(
+            "download",
+            f"{job.error} — this result was paid for (request {entry.request_id}) but its output is gone; "
+            "re-run with force=true to pay for it again",
+        )
+    ctx.ledger.update(job.job_key, output_path=job.output_path, output_sha256=job.output_sha256)
+    return job.model_copy(update={"reused": True, "cost_usd": 0.0, "billed_seconds": 0.0, "cost_source": "reused"})
+
+
+def _reused(job: JobRecord, entry: LedgerEntry, path: Path) -> JobRecord:
+    return job.model_copy(
+        update={
+            "status": "succeeded",
+            "reused": True,
+            "request_id": entry.request_id,
+            "output_url": entry.output_url,
+            "output_path": str(path),
+            "output_sha256": entry.output_sha256,
+            "output_bytes": entry.output_bytes,
+            "output_duration_s": entry.output_duration_s,
+            "billed_seconds": 0.0,
+            "cost_usd": 0.0,
+            "cost_source": "reused",
+        }
+    )
+
+
+def _with_result(job: JobRecord, entry: LedgerEntry) -> JobRecord:
+    return job.model_copy(
+        update={
+            "output_url": entry.output_url,
+            "billed_seconds": entry.billed_seconds,
+            "cost_usd": entry.cost_usd,
+            "cost_source": entry.cost_source or "none",
+        }
+    )
+
+
+async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
+    """Wait for the request; on cancellation of this run, cancel it at fal first."""
+    try:
+        job = await _guarded(job, "collect", collect(job, ctx.session, ctx.params.endpoint, ctx.poll))
+    except asyncio.CancelledError:
+        await asyncio.shield(_cancel_at_fal(job, ctx))
+        raise
+    if job.output_url:
+        ctx.ledger.update(
+            job.job_key,
+            state="completed",
+            output_url=job.output_url,
+            billed_seconds=job.billed_seconds,
+            cost_usd=job.cost_usd,
+            cost_source=job.cost_source,
+        )
+    elif job.status in ("failed", "cancelled"):
+        ctx.ledger.update(job.job_key, state="cancelled" if job.status == "cancelled" else "failed", error=job.error)
+    return job
+
+
+async def _download(job: JobRecord, ctx: RunContext) -> JobRecord:
+    if not job.ok or not job.output_url:
+        return job
+    job = await _guarded(job, "download", download(job, ctx.params.output_dir))
+    if job.status == "succeeded":
+        ctx.ledger.update(
+            job.job_key,
+            state="succeeded",
+            output_path=job.output_path,
+            output_sha256=job.output_sha256,
+            output_bytes=job.output_bytes,
+            output_duration_s=job.output_duration_s,
+        )
+    return job
+
+
+async def _cancel_at_fal(job: JobRecord, ctx: RunContext) -> None:
+    """Cancel a request whose run is being cancelled, and record it (a queued request is never billed)."""
+    if job.request_id is None:
+        return
+    try:
+        handle = await ctx.session.client.get_handle(ctx.params.endpoint, job.request_id)
+        await handle.cancel()
+    except (fal_client.FalClientError, httpx.HTTPError):
+        return  # already finished or unreachable: the ledger keeps "submitted", the next run resumes it
+    ctx.ledger.update(job.job_key, state="cancelled", error="cancelled with the flow run")
+
+
+def _record(ctx: RunContext, job: JobRecord, state: str, **fields: object) -> None:
+    ctx.ledger.put(
+        LedgerEntry(
+            job_key=job.job_key or "",
+            state=state,  # type: ignore[arg-type]
+            job_id=job.job_id,
+            run_id=ctx.run_id,
+            backend=ctx.session.label,
+            updated_at=time.time(),
+            **fields,  # type: ignore[arg-type]
+        )
+    )
+
+
+def _unknown_outcome(job: JobRecord, entry: LedgerEntry) -> str:
+    when = datetime.fromtimestamp(entry.submitting_at or entry.updated_at, UTC).isoformat(timespec="seconds")
+    return (
+        f"row {job.row} ({job.job_id}): run {entry.run_id} was submitting this job at {when} and never learnt "
+        "whether fal accepted it; it was not resent (that could pay twice). Check fal's request history, then "
+        "re-run with force=true to submit it again"
+    )
+
+
+async def _guarded(job: JobRecord, stage: str, step: Awaitable[JobRecord]) -> JobRecord:
+    """Turn an unexpected exception in a stage into this job's error."""
+    try:
+        return await step
+    except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the batch
+        return job.fail(stage, f"row {job.row} ({job.job_id}): {stage} failed: {exc.__class__.__name__}: {exc}")

@@ -1,0 +1,139 @@
+"""Screenshot a klingflow HTML report with headless Chromium, to check by eye how it reads.
+
+    # an existing report
+    .venv/bin/python scripts/screenshot_report.py reports/_html/run-<run_id>.html -o /tmp/report.png
+    # or a demo history (synthetic clips, 2 runs) written to a temp folder, then screenshotted
+    .venv/bin/python scripts/screenshot_report.py --demo -o /tmp/report.png
+
+Chromium: `apt-get install -y chromium` (Debian) or set KLINGFLOW_CHROMIUM to a Chrome/Chromium binary.
+The report is one offline file, so Chromium runs with networking features off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from klingflow.models import JobRecord
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def find_chromium() -> str | None:
+    """KLINGFLOW_CHROMIUM, /usr/bin/chromium, or the first Chrome/Chromium on PATH."""
+    explicit = os.environ.get("KLINGFLOW_CHROMIUM")
+    if explicit:
+        return explicit
+    if Path("/usr/bin/chromium").is_file():
+        return "/usr/bin/chromium"
+    return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
+
+
+def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 2000, chromium: str | None = None,
+               timeout_s: float = 120.0) -> Path:
+    """Render `html` headless and write a width x height PNG; raises if Chromium fails or writes nothing."""
+    binary = chromium or find_chromium()
+    if binary is None:
+        raise FileNotFoundError("no Chromium found (apt-get install -y chromium, or set KLINGFLOW_CHROMIUM)")
+    png = Path(png).absolute()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="klingflow-chromium-") as profile:
+        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}",
+               f"--window-size={width},{height}", Path(html).absolute().as_uri()]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if not png.is_file():
+        raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}")
+    return png
+
+
+STYLES = ("watercolour", "neon noir", "claymation")
+
+
+def _restyle(src: Path, dst: Path) -> Path:
+    """A stand-in for an edit: the same clip with inverted, warmer colours (so before/after differ)."""
+    import av
+    import numpy as np
+
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream_in = inp.streams.video[0]
+        stream = out.add_stream("libx264", rate=stream_in.average_rate)
+        stream.width, stream.height, stream.pix_fmt = stream_in.width, stream_in.height, "yuv420p"
+        for frame in inp.decode(stream_in):
+            rgb = 255 - frame.to_ndarray(format="rgb24")
+            rgb[..., 0] = np.minimum(255, rgb[..., 0].astype(np.int16) + 60).astype(np.uint8)
+            new = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            new.pts, new.time_base = frame.pts, frame.time_base
+            out.mux(stream.encode(new.reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    return dst
+
+
+def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
+    from klingflow.models import JobRecord
+    from klingflow.synth import make_clip
+
+    seconds = 3 + i
+    src = make_clip(media / f"run{run}-{i}-in.mp4", seconds=seconds, width=640, height=360, audio=False)
+    out = _restyle(src, media / f"run{run}-{i}-out.mp4")
+    sub = start + timedelta(hours=run, seconds=i * 5)
+    cost = round(0.336 * seconds, 4)
+    job = JobRecord(
+        job_id=f"job-{i + 1}", row=i + 1, prompt=f"Restyle @Video1 as a {STYLES[i]} scene", video=str(src),
+        input_path=str(src), input_duration_s=float(seconds), estimated_seconds=seconds, estimated_cost_usd=cost,
+        submitted_at=sub, started_at=sub + timedelta(seconds=4 + 3 * i),
+        completed_at=sub + timedelta(seconds=60 + 25 * i + 10 * run), status="succeeded", output_path=str(out),
+        output_url=f"https://v3.fal.media/files/demo/run{run}-{i}.mp4", output_duration_s=float(seconds),
+        billed_seconds=float(seconds), cost_usd=cost, cost_source="header")
+    if run == 1 and i == 2:
+        job = job.fail("collect", "row 3 (job-3): collect failed: request timed out after 3600 s")
+        job = job.model_copy(update={"output_path": None, "cost_usd": None, "billed_seconds": None})
+    return job
+
+
+def demo_report(folder: Path) -> Path:
+    """Write a two-run demo history with real synthetic clips and its cross-run HTML report."""
+    from klingflow.endpoint import ENDPOINT_ID
+    from klingflow.report_html import write_html
+    from klingflow.report_writer import read_history, records_to_table, write_run_report
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    for run in range(2):
+        records = [_demo_job(run, i, folder / "media", start) for i in range(3)]
+        table = records_to_table(records, run_id=f"demo-run-{run + 1}", run_started_at=start + timedelta(hours=run),
+                                 backend="simulator", endpoint=ENDPOINT_ID)
+        write_run_report(table, folder / "reports", run_id=f"demo-run-{run + 1}")
+    return write_html(read_history(folder / "reports"), folder / "reports" / "_html" / "demo.html",
+                      title="klingflow demo report")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("html", nargs="?", type=Path, help="The HTML report to render")
+    parser.add_argument("--demo", action="store_true", help="Generate a demo report first and render it")
+    parser.add_argument("-o", "--output", type=Path, default=Path("report.png"), help="PNG to write")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=2000)
+    args = parser.parse_args(argv)
+    if args.demo:
+        args.html = demo_report(Path(tempfile.mkdtemp(prefix="klingflow-demo-")))
+    if args.html is None:
+        parser.error("give an HTML file or --demo")
+    png = screenshot(args.html, args.output, width=args.width, height=args.height)
+    print(f"{args.html} -> {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The report task inside a real Prefect flow: files written, table/markdown/link/progress artifacts readable."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.context import get_run_context
+
+from klingflow.report_writer import read_history
+from tasks.report import (
+    LINK_KEY,
+    PROGRESS_KEY,
+    SUMMARY_KEY,
+    TABLE_KEY,
+    ProgressTracker,
+    ReportPaths,
+    html_path_for,
+    report,
+)
+from tests.test_report_support import T0, clip_pair, failed, succeeded
+
+
+@flow
+async def _report_flow(report_dir: str, media: str) -> tuple[str, ReportPaths]:
+    before, after = clip_pair(Path(media), "f")
+    records = [succeeded("ok", 1, seconds=5, video=str(before), output_path=str(after)),
+               failed("bad", 2, error="HTTP 422: video too short")]
+    progress = ProgressTracker(total=len(records))
+    threads = [threading.Thread(target=progress.advance) for _ in records]  # advance from worker threads ...
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    await asyncio.sleep(0)
+    progress.advance()  # ... and from the event loop (clamped at total)
+    run_id = str(get_run_context().flow_run.id)
+    paths = await report(records, run_id=run_id, run_started_at=T0, backend="simulator",
+                         endpoint="fal-ai/kling-video/o3/pro/video-to-video/edit", report_dir=report_dir)
+    return run_id, paths
+
+
+def _artifacts(run_id: str) -> dict[str, object]:
+    with get_client(sync_client=True) as client:
+        by_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        found = client.read_artifacts(artifact_filter=by_run)
+    return {a.key: a for a in found}
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_report_task_writes_files_and_artifacts(tmp_path: Path) -> None:
+    """The flow run gets table (one row per job), markdown totals, link to the HTML, and a progress artifact at 100%."""
+    run_id, paths = asyncio.run(_report_flow(str(tmp_path / "reports"), str(tmp_path / "media")))
+
+    assert paths.parquet_path == tmp_path / "reports" / f"run-{run_id}.parquet"
+    assert paths.html_path == html_path_for(tmp_path / "reports", run_id) and paths.html_path.is_file()
+    assert paths.totals.jobs == 2 and paths.totals.cost_usd == pytest.approx(1.68)
+    assert list(read_history(tmp_path / "reports")["job_id"]) == ["ok", "bad"]
+    assert "data:image/jpeg;base64," in paths.html_path.read_text()
+
+    artifacts = _artifacts(run_id)
+    assert {TABLE_KEY, SUMMARY_KEY, LINK_KEY, PROGRESS_KEY} <= set(artifacts)
+    rows = json.loads(artifacts[TABLE_KEY].data)
+    assert [(r["job_id"], r["status"], r["cost_usd"]) for r in rows] == [("ok", "succeeded", 1.68),
+                                                                         ("bad", "failed", None)]
+    markdown = artifacts[SUMMARY_KEY].data
+    for expected in ("| jobs | 2 |", "| succeeded | 1 |", "| failed | 1 |", "| total cost (billed) | $1.68 |",
+                     "| estimated cost | $3.02 |", "| total_s |", "HTTP 422: video too short"):
+        assert expected in markdown
+    assert paths.html_path.absolute().as_uri() in artifacts[LINK_KEY].data
+    assert artifacts[PROGRESS_KEY].data == 100.0
+    assert artifacts[PROGRESS_KEY].description == "2/2 job(s) finished"
+
+
+def test_progress_tracker_outside_a_flow_is_a_noop() -> None:
+    """Without a flow run the tracker only counts (no artifact, no warning, no error)."""
+    tracker = ProgressTracker(total=4)
+    tracker.advance()
+    tracker.advance(2)
+    assert (tracker.done, tracker.percent) == (3, 75.0)
