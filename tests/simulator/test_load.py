@@ -21,7 +21,7 @@ async def test_200_concurrent_fast_copy_jobs(make_sim, aclient: fal_client.Async
 
     async def one(i: int) -> dict:
         handle = await aclient.submit(ENDPOINT_ID, edit_args(url, prompt=f"job {i}"))
-        return await handle.get(interval=0.25)
+        return await handle.get()
 
     results = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(JOBS))), timeout=120)
     assert len({r["video"]["url"] for r in results}) == JOBS

@@ -9,9 +9,10 @@ import av
 import fal_client
 import httpx
 import numpy as np
+import pytest
 
 from falsim import Simulator
-from falsim.media import Grade, edit_video
+from falsim.media import EditCancelled, Grade, edit_video
 from klingflow.endpoint import ENDPOINT_ID
 from klingflow.probe import probe_video
 from tests.simulator.conftest import edit_args
@@ -30,7 +31,9 @@ def _frame(path: Path, index: int) -> np.ndarray:
     raise AssertionError("frame not found")
 
 
-def test_output_decodes_with_input_duration_and_audio(sim: Simulator, client: fal_client.SyncClient, media, tmp_path: Path):
+def test_output_decodes_with_input_duration_and_audio(
+    sim: Simulator, client: fal_client.SyncClient, media, tmp_path: Path
+):
     """The result is H.264 + AAC mp4, same duration as the input, audio kept by default."""
     url = client.upload_file(media.clip)
     result = client.subscribe(ENDPOINT_ID, edit_args(url))
@@ -79,9 +82,5 @@ def test_edit_stops_when_cancelled(media, tmp_path: Path):
     """A set cancel event stops the edit and raises instead of writing a full output."""
     cancel = threading.Event()
     cancel.set()
-    try:
+    with pytest.raises(EditCancelled):
         edit_video(media.clip, tmp_path / "x.mp4", prompt="p", keep_audio=True, progress=lambda *_: None, cancel=cancel)
-    except Exception as exc:
-        assert type(exc).__name__ == "EditCancelled"
-    else:
-        raise AssertionError("edit was not cancelled")

@@ -49,7 +49,7 @@ def test_results_and_ledger_survive_restart_on_another_port(make_sim, client: fa
     assert httpx.get(again["video"]["url"]).status_code == 200
     # an input URL cached before the restart (old port) is resolved from disk
     assert "video" in client.subscribe(ENDPOINT_ID, edit_args(video_url))
-    assert [e.request_id for e in second.ledger()][0] == handle.request_id
+    assert second.ledger()[0].request_id == handle.request_id
     assert len(second.ledger()) == 2
 
 

@@ -81,7 +81,9 @@ def test_cdn_upload_needs_the_issued_token(sim: Simulator):
 
 def test_token_route_returns_aware_expiry(sim: Simulator):
     """The CDN token carries token_type, base_url and an ISO expiry with an offset."""
-    response = httpx.post(f"{sim.url}/storage/auth/token?storage_type=fal-cdn-v3", json={}, headers={"Authorization": "Key k"})
+    response = httpx.post(
+        f"{sim.url}/storage/auth/token?storage_type=fal-cdn-v3", json={}, headers={"Authorization": "Key k"}
+    )
     body = response.json()
     assert body["token_type"] == "Bearer" and body["base_url"] == sim.url
     assert body["expires_at"].endswith("+00:00")

@@ -30,11 +30,19 @@ def _types(detail: list[dict[str, Any]]) -> set[str]:
 @pytest.mark.parametrize(
     ("name", "clip", "expected"),
     [
-        ("mkv", {"seconds": 3, "width": 720, "height": 720, "container_format": "matroska"}, "unsupported_video_format"),
+        (
+            "mkv",
+            {"seconds": 3, "width": 720, "height": 720, "container_format": "matroska"},
+            "unsupported_video_format",
+        ),
         ("short.mp4", {"seconds": 2, "width": 720, "height": 720}, "video_duration_too_short"),
         ("long.mp4", {"seconds": 11, "width": 720, "height": 720, "fps": 24}, "video_duration_too_long"),
         ("small.mp4", {"seconds": 3, "width": 640, "height": 480}, "video_resolution_too_low"),
-        ("4k.mp4", {"seconds": 3, "width": 3840, "height": 2160, "fps": 4, "audio": False}, "video_resolution_too_high"),
+        (
+            "4k.mp4",
+            {"seconds": 3, "width": 3840, "height": 2160, "fps": 4, "audio": False},
+            "video_resolution_too_high",
+        ),
     ],
 )
 def test_video_limits_are_422(sim: Simulator, client, media, name: str, clip: dict[str, Any], expected: str):

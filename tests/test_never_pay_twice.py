@@ -1,0 +1,111 @@
+"""Never paying twice: concurrent runs, the budget cap, dry runs and cancellation, proven on the simulator's ledger."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pandas as pd
+import pytest
+
+from falsim import FaultConfig
+from flows.edit_videos import RunSummary, edit_videos
+from klingflow.synth import make_clip
+from tests.conftest import fast_params
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_clip(tmp_path_factory.mktemp("npt") / "clip.mp4", seconds=3, width=1280, height=720)
+
+
+def _manifest(tmp_path: Path, clip: Path, prompts: list[str]) -> Path:
+    path = tmp_path / "manifest.jsonl"
+    path.write_text("".join(json.dumps({"id": f"j{i}", "prompt": p, "video": str(clip)}) + "\n"
+                            for i, p in enumerate(prompts)))
+    return path
+
+
+async def _run(params) -> tuple[str, RunSummary]:  # noqa: ANN001
+    state = await edit_videos(params, return_state=True)
+    summary = await state.aresult(raise_on_failure=False)
+    assert isinstance(summary, RunSummary), summary
+    return state.type.value, summary
+
+
+async def test_two_concurrent_runs_submit_each_job_once(tmp_path: Path, simulator, clip: Path) -> None:
+    """Two runs of one manifest at the same time: every job is billed once; the slower run reuses."""
+    manifest = _manifest(tmp_path, clip, [f"Edit {i} @Video1" for i in range(3)])
+    first = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r1"))
+    second = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r2"))
+    (s1, one), (s2, two) = await asyncio.gather(_run(first), _run(second))
+    assert (s1, s2) == ("COMPLETED", "COMPLETED")
+    assert len(simulator.ledger()) == 3
+    assert {e.input["prompt"] for e in simulator.ledger()} == {f"Edit {i} @Video1" for i in range(3)}
+    reports = pd.concat([pd.read_parquet(tmp_path / "r1"), pd.read_parquet(tmp_path / "r2")])
+    assert reports["reused"].sum() == 3
+    assert round(reports["cost_usd"].sum(), 2) == round(sum(float(e.cost_usd) for e in simulator.ledger()), 2)
+
+
+async def test_budget_cap_is_never_exceeded(tmp_path: Path, simulator, clip: Path) -> None:
+    """With a $2.50 cap and $1.01 jobs, two are submitted and the rest are skipped_budget."""
+    manifest = _manifest(tmp_path, clip, [f"Budget {i} @Video1" for i in range(4)])
+    state, summary = await _run(fast_params(tmp_path, manifest, max_budget_usd=2.5, max_concurrency=4))
+    assert state == "FAILED"
+    assert sorted(summary.statuses.values()) == ["skipped_budget", "skipped_budget", "succeeded", "succeeded"]
+    assert sum(float(e.cost_usd) for e in simulator.ledger()) <= 2.5
+    assert len(simulator.ledger()) == 2
+    report = pd.read_parquet(tmp_path / "reports")
+    skipped = report[report["status"] == "skipped_budget"]
+    assert skipped["error"].str.contains("exceed the budget").all()
+    assert skipped["request_id"].isna().all()
+
+
+async def test_dry_run_submits_nothing(tmp_path: Path, simulator, clip: Path) -> None:
+    """A dry run preprocesses and estimates every job and leaves the ledger empty."""
+    manifest = _manifest(tmp_path, clip, ["Dry @Video1", "Dry too @Video1"])
+    state, summary = await _run(fast_params(tmp_path, manifest, dry_run=True))
+    assert state == "COMPLETED"
+    assert summary.estimated_usd == pytest.approx(2 * 1.008)
+    assert simulator.ledger() == []
+    assert simulator.counters()["submits"] == 0
+    report = pd.read_parquet(tmp_path / "reports")
+    assert (report["status"] == "dry_run").all()
+    assert report["estimated_cost_usd"].sum() == pytest.approx(2.016)
+
+
+def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: Path) -> None:
+    """Interrupting a CLI run cancels its requests at fal: none of them is ever billed."""
+    simulator.set_faults(FaultConfig(hang_prompts_containing=["HANG"]))
+    manifest = _manifest(tmp_path, clip, [f"HANG {i} @Video1" for i in range(3)])
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+    cmd = [sys.executable, "-m", "klingflow.cli", "run", str(manifest), "--backend", "simulator",
+           "--concurrency", "3", "--state-dir", str(tmp_path / "state"), "--out", str(tmp_path / "out"),
+           "--report-dir", str(tmp_path / "reports"), "--poll-interval", "0.1", "--poll-max-interval", "0.2",
+           "--concurrency-limit", f"klingflow-cancel-{tmp_path.name}"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and simulator.counters()["submits"] < 3:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.2)
+        assert simulator.counters()["submits"] == 3
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output[-3000:]
+    requests = httpx.get(f"{simulator.url}/_simulator/requests").json()
+    outcomes = [r["outcome"] for r in (requests["requests"] if isinstance(requests, dict) else requests)]
+    assert len(outcomes) == 3
+    assert all(o == "cancelled" for o in outcomes), outcomes
+    assert simulator.ledger() == []
