@@ -17,7 +17,17 @@ State dir layout (everything survives a restart on the same state_dir):
       tmp/                       downloads of remote inputs and outputs being written
 
 Counters are in memory and start from zero on every start.
-"""
+
+Behaviour notes (decisions where fal is silent):
+  * Cancel: a queued request is removed and never processed; a running one is stopped. Both end
+    COMPLETED with error_type "client_cancelled" (result 400) and are NOT billed (no ledger line).
+  * Validation errors (422), injected job failures (500, "runner_server_error") and start
+    timeouts (504 + X-Fal-Request-Timeout-Type: user) are not billed either.
+  * File URLs (GET/HEAD /files/...) are public like fal's CDN; the "fal" fallback's signed PUT URL
+    is authorised by its signature. Every other non-admin route needs `Authorization: Key ...`
+    (CDN upload routes: the Bearer token from /storage/auth/token).
+  * Billing: billable_seconds(output duration) x PRICE_PER_SECOND_USD, once per request id.
+
 
 from falsim.config import FaultConfig, RouteFaults, SimulatorConfig
 from falsim.models import LedgerEntry

@@ -5,8 +5,9 @@ Order of writes to the request ledger (each a durable SQLite commit):
   "submitting" (before the POST) → "submitted" + request id (right after the answer)
   → "completed" + output URL and bill → "succeeded" + output file.
 A crash after "submitted" is resumed by request id. A crash between "submitting" and "submitted"
-(a window of one HTTP round trip) leaves the outcome unknown: the next run does not resend it and
-says so, unless the user forces a re-run after checking fal's dashboard.
+(one HTTP round trip) is settled by the next run through fal's request history
+(klingflow.request_history): the request is adopted if fal has it, submitted if not. If the
+history cannot be read, the job fails saying so and is not resent unless the user forces it.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from klingflow.budget import Budget
 from klingflow.concurrency import RequestSlots
 from klingflow.hashing import sha256_file
 from klingflow.models import EditParams, JobRecord
+from klingflow.request_history import HistoryUnavailable, find_request, payload_sha256
 from klingflow.request_ledger import LedgerEntry, RequestLedger
 from tasks.collect import PollSettings, collect, download
-from tasks.submit import UNKNOWN_OUTCOME_STAGE, submit
+from tasks.submit import UNKNOWN_OUTCOME_STAGE, edit_arguments, submit
 from tasks.upload import UploadCache, upload
 
 
@@ -58,11 +60,31 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
             if entry.state in ("submitted", "completed") and entry.request_id:
                 return await _resume(job, entry, ctx)
             if entry.state == "submitting":
-                return job.fail("submit", _unknown_outcome(job, entry))
+                return await _settle_unknown(job, entry, ctx)
         return await _submit_new(job, ctx)
 
 
-async def _submit_new(job: JobRecord, ctx: RunContext) -> JobRecord:
+async def _settle_unknown(
+    job: JobRecord, entry: LedgerEntry, ctx: RunContext, *, may_resubmit: bool = True
+) -> JobRecord:
+    """A submit whose answer was lost: adopt the request if fal's history has it, else submit (once)."""
+    try:
+        found = await find_request(
+            ctx.session, ctx.params.endpoint, entry.payload_sha256 or "", entry.submitting_at or entry.updated_at
+        )
+    except HistoryUnavailable as exc:
+        return job.fail(UNKNOWN_OUTCOME_STAGE, f"{_unknown_outcome(job, entry)} (request history: {exc})")
+    if found is None:
+        if not may_resubmit:
+            return job.fail(UNKNOWN_OUTCOME_STAGE, f"{_unknown_outcome(job, entry)} (not in the request history)")
+        return await _submit_new(job, ctx, may_resubmit=False)
+    entry = ctx.ledger.update(
+        job.job_key, state="submitted", request_id=found, submitted_at=entry.submitting_at or entry.updated_at
+    )
+    return await _resume(job, entry, ctx)
+
+
+async def _submit_new(job: JobRecord, ctx: RunContext, *, may_resubmit: bool = True) -> JobRecord:
     estimate = job.estimated_cost_usd or 0.0
     if not ctx.budget.reserve(estimate):
         return job.model_copy(
@@ -77,16 +99,23 @@ async def _submit_new(job: JobRecord, ctx: RunContext) -> JobRecord:
     if not job.ok:
         ctx.budget.settle(estimate, 0.0)
         return job
+    uploaded = job
     async with ctx.slots.hold():
-        _record(ctx, job, "submitting", submitting_at=time.time())
+        digest = payload_sha256(edit_arguments(job))
+        _record(ctx, job, "submitting", submitting_at=time.time(), payload_sha256=digest)
         job = await _guarded(job, UNKNOWN_OUTCOME_STAGE, submit(job, ctx.session, ctx.params.endpoint))
-        if job.request_id is None:
-            if job.error_stage == "submit":  # a sure rejection: nothing at fal, nothing billed
-                ctx.ledger.update(job.job_key, state="failed", error=job.error)
-                ctx.budget.settle(estimate, 0.0)
+        if job.request_id is not None:
+            ctx.ledger.update(job.job_key, state="submitted", request_id=job.request_id, submitted_at=time.time())
+            job = await _collect(job, ctx)
+    if job.request_id is None:
+        ctx.budget.settle(estimate, 0.0)
+        if job.error_stage == "submit":  # a sure rejection: nothing at fal, nothing billed
+            ctx.ledger.update(job.job_key, state="failed", error=job.error)
             return job
-        ctx.ledger.update(job.job_key, state="submitted", request_id=job.request_id, submitted_at=time.time())
-        job = await _collect(job, ctx)
+        entry = ctx.ledger.get(job.job_key or "")
+        if entry is None or entry.state != "submitting":
+            return job
+        return await _settle_unknown(uploaded, entry, ctx, may_resubmit=may_resubmit)
     ctx.budget.settle(estimate, job.cost_usd or 0.0)
     return await _download(job, ctx)
 

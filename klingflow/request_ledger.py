@@ -40,6 +40,7 @@ class LedgerEntry(BaseModel):
     run_id: str
     backend: str
     request_id: str | None = None
+    payload_sha256: str | None = None  # hash of the input being submitted, to find it in fal's history
     submitting_at: float | None = None  # epoch seconds, written before the POST
     submitted_at: float | None = None
     updated_at: float
