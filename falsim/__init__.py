@@ -27,7 +27,7 @@ Behaviour notes (decisions where fal is silent):
     is authorised by its signature. Every other non-admin route needs `Authorization: Key ...`
     (CDN upload routes: the Bearer token from /storage/auth/token).
   * Billing: billable_seconds(output duration) x PRICE_PER_SECOND_USD, once per request id.
-
+"""
 
 from falsim.config import FaultConfig, RouteFaults, SimulatorConfig
 from falsim.models import LedgerEntry

@@ -253,7 +253,7 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     )
 
 
-def expected_ok(probe: VideoProbe) -> list[str]:
+def endpoint_problems(probe: VideoProbe) -> list[str]:
     """Why a finished output would still be refused by the endpoint (empty when it complies)."""
     problems = []
     if not probe.is_mp4_family:

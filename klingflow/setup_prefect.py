@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                         help=f"requests in flight at fal across all workers (default {DEFAULT_CONCURRENCY})")
     parser.add_argument("--limit-name", default=DEFAULT_LIMIT_NAME,
-                        help=f"global concurrency limit name (default {DEFAULT_LIMIT_NAME}; flows use concurrency_limit)")
+                        help=f"global concurrency limit (default {DEFAULT_LIMIT_NAME}; the flows' concurrency_limit)")
     parser.add_argument("--pool", default=DEFAULT_POOL, help=f"process work pool name (default {DEFAULT_POOL})")
     parser.add_argument("--fal-key-from-env", action="store_true",
                         help=f"store $FAL_KEY as the Prefect Secret block {FAL_KEY_SECRET_BLOCK!r} (never printed)")

@@ -145,11 +145,11 @@ def test_faults_settable_over_http(sim: Simulator):
 
 
 def test_fault_draws_are_seeded():
-    """Equal seeds give equal fault sequences; rates summing above 1 are refused."""
+    """Equal seeds give equal fault sequences, other seeds differ; rates summing above 1 are refused."""
     cfg = FaultConfig(status=RouteFaults(http_429=0.3, ingress_5xx=0.3))
-    runs = [[FaultInjector(cfg, seed=7).http_fault("status") for _ in range(1)] for _ in range(2)]
-    a, b = FaultInjector(cfg, seed=7), FaultInjector(cfg, seed=7)
-    assert [a.http_fault("status") for _ in range(50)] == [b.http_fault("status") for _ in range(50)]
-    assert runs[0] == runs[1]
+    injectors = [FaultInjector(cfg, seed=s) for s in (7, 7, 8)]
+    sequences = [[injector.http_fault("status") for _ in range(50)] for injector in injectors]
+    assert sequences[0] == sequences[1] != sequences[2]
+    assert {"http_429", "ingress_5xx", None} == set(sequences[0])
     with pytest.raises(ValidationError):
         RouteFaults(http_429=0.7, drop=0.7)
