@@ -1,4 +1,4 @@
-"""The ASGI app: admin, storage and queue routes (submit's catch-all last) and the queue's lifespan."""
+"""The ASGI app: admin, storage, platform and queue routes (submit's catch-all last) and the queue's lifespan."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 from falsim.routes_admin import admin_routes
+from falsim.routes_platform import platform_routes
 from falsim.routes_queue import queue_routes
 from falsim.routes_storage import storage_routes
 from falsim.state import SimState
@@ -25,5 +26,5 @@ def build_app(state: SimState) -> Starlette:
             await state.queue.stop()
             state.executor.shutdown(wait=False, cancel_futures=True)
 
-    routes = [*admin_routes(state), *storage_routes(state), *queue_routes(state)]
+    routes = [*admin_routes(state), *storage_routes(state), *platform_routes(state), *queue_routes(state)]
     return Starlette(routes=routes, lifespan=lifespan)

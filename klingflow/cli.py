@@ -59,6 +59,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help=fields["poll_max_interval_s"].description)
     parser.add_argument("--too-long", choices=[p.value for p in TooLongPolicy], default=TooLongPolicy.trim.value,
                         help=fields["too_long"].description)
+    parser.add_argument("--too-short", choices=["reject", "pad"], default="reject",
+                        help=fields["too_short"].description)
+    parser.add_argument("--extreme-aspect", choices=["reject", "pad"], default="reject",
+                        help=fields["extreme_aspect"].description)
     parser.add_argument("--max-budget", type=float, default=None, help=fields["max_budget_usd"].description)
     parser.add_argument("--dry-run", action="store_true", help=fields["dry_run"].description)
     parser.add_argument("--force", action="store_true", help=fields["force"].description)
@@ -79,6 +83,8 @@ def params_from_args(args: argparse.Namespace) -> EditParams:
         "poll_interval_s": args.poll_interval,
         "poll_max_interval_s": args.poll_max_interval,
         "too_long": args.too_long,
+        "too_short": args.too_short,
+        "extreme_aspect": args.extreme_aspect,
         "max_budget_usd": args.max_budget,
         "dry_run": args.dry_run,
         "force": args.force,

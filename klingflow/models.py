@@ -70,6 +70,12 @@ class EditParams(BaseModel):
     poll_interval_s: float = Field(5.0, gt=0, description="First status poll interval; grows to poll_max_interval_s")
     poll_max_interval_s: float = Field(30.0, gt=0, description="Longest wait between two status polls")
     too_long: TooLongPolicy = Field(TooLongPolicy.trim, description="Clips over 10 s: trim to 10 s, or reject")
+    too_short: Literal["reject", "pad"] = Field(
+        "reject", description="Clips under 3 s: reject, or pad by freezing the last frame (billed as 3 s)"
+    )
+    extreme_aspect: Literal["reject", "pad"] = Field(
+        "reject", description="Aspect ratios beyond 3:1 (cannot fit 720-2160 px): reject, or letterbox"
+    )
     max_budget_usd: float | None = Field(None, ge=0, description="Hard cap on this run's spend; None = no cap")
     dry_run: bool = Field(False, description="Validate, preprocess and estimate; submit nothing")
     force: bool = Field(False, description="Re-run jobs that already have a successful result")

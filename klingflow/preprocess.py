@@ -77,7 +77,12 @@ class PreprocessSettings(BaseModel):
 
     @classmethod
     def from_params(cls, params: EditParams) -> PreprocessSettings:
-        return cls(work_dir=str(Path(params.state_dir) / "preprocessed"), too_long=params.too_long)
+        return cls(
+            work_dir=str(Path(params.state_dir).expanduser() / "preprocessed"),
+            too_long=params.too_long,
+            too_short=TooShortPolicy(params.too_short),
+            extreme_aspect=AspectPolicy(params.extreme_aspect),
+        )
 
     def plan_options(self, keep_audio: bool) -> PlanOptions:
         fields = set(PlanOptions.model_fields) - {"keep_audio"}

@@ -185,6 +185,19 @@ def _start_services(stack: Stack) -> None:
     for name in ("worker-1", "worker-2"):
         stack.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name, "--limit", "1",
                            "--install-policy", "never"], KLINGFLOW_SIMULATOR_URL=stack.sim)
+    _wait_workers(stack, {"worker-1", "worker-2"})
+
+
+def _wait_workers(stack: Stack, names: set[str], timeout: float = 90) -> None:
+    """Until every worker has sent a heartbeat (else one worker could take both runs one after the other)."""
+    deadline, online = time.monotonic() + timeout, set()
+    while time.monotonic() < deadline:
+        response = httpx.post(f"{stack.api}/work_pools/{POOL}/workers/filter", json={}, timeout=10)
+        online = {w["name"] for w in response.json() if w.get("status") == "ONLINE"} if response.is_success else set()
+        if names <= online:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"workers online: {online}, expected {names}\n{stack.logs()}")
 
 
 def _deployment(stack: Stack, name: str) -> dict:
