@@ -61,13 +61,19 @@ def _command(manifest: Path, root: Path, iteration: int) -> list[str]:
     ]
 
 
-def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print) -> KillReport:  # noqa: ANN001
-    rng = random.Random(seed)  # noqa: S311 - test randomness
+def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print) -> KillReport:
+    rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)
     config = SimulatorConfig(state_dir=root / "sim", time_scale=0.3, concurrency_per_key=2, log_interval_s=0.2)
     with Simulator(config) as sim:
-        env = {**os.environ, "KLINGFLOW_SIMULATOR_URL": sim.url, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "KLINGFLOW_SIMULATOR_URL": sim.url,
+            "PREFECT_HOME": str(root / "prefect"),
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        }
         for i in range(kills):
             proc = subprocess.Popen(_command(manifest, root, i), env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     from klingflow.report_cli import add_arguments as add_report_arguments
 
     add_report_arguments(rep)
+
+    setup = sub.add_parser("setup", help="prepare a Prefect server: concurrency limit, work pool, fal-key secret")
+    from klingflow.setup_prefect import add_arguments as add_setup_arguments
+
+    add_setup_arguments(setup)
     return parser
 
 
@@ -111,6 +117,9 @@ def run_flow(params: EditParams) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # No host but the package registries is reachable here, and Prefect's telemetry heartbeat only
+    # adds "database is locked" noise to ephemeral runs: off unless the user set it.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
     if args.command == "run":
         try:
@@ -127,6 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from falsim.cli import run as run_simulator
 
         return run_simulator(args)
+    if args.command == "setup":
+        from klingflow.setup_prefect import run as run_setup
+
+        return run_setup(args)
     from klingflow.report_cli import run as run_report
 
     return run_report(args)

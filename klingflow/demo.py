@@ -54,13 +54,13 @@ def reconcile(report_path: str | None, simulator_state: Path) -> str:
     """One line comparing the run's report with the simulator's billing ledger."""
     import pandas as pd
 
-    from falsim.ledger import read_ledger
+    from falsim.ledger import Ledger
 
     if not report_path:
         return "no report written"
     rows = pd.read_parquet(report_path)
     billed = rows[rows["request_id"].notna() & ~rows["reused"].fillna(False)]
-    ledger = {e.request_id: e for e in read_ledger(simulator_state)}
+    ledger = {e.request_id: e for e in Ledger(simulator_state / "ledger.jsonl").entries()}
     matched = [r for r in billed["request_id"] if r in ledger]
     report_total = round(float(billed["cost_usd"].fillna(0).sum()), 2)
     ledger_total = round(sum(float(ledger[r].cost_usd) for r in matched), 2)

@@ -17,7 +17,8 @@ from klingflow.errors import BackendError
 _URL_CONSTANTS = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REST_URL", "CDN_URL")
 _missing = [name for name in _URL_CONSTANTS if not hasattr(_fc, name)]
 if _missing:  # pragma: no cover - only with an incompatible fal_client
-    raise BackendError(f"fal_client {getattr(_fc, 'USER_AGENT', '?')} lacks {_missing}; klingflow needs fal_client 1.0.x")
+    agent = getattr(_fc, "USER_AGENT", "fal_client")
+    raise BackendError(f"{agent} lacks {_missing}; klingflow needs fal_client 1.0.x")
 
 FAL_DEFAULTS: dict[str, str] = {name: getattr(_fc, name) for name in _URL_CONSTANTS}
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")

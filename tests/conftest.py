@@ -36,7 +36,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
-def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - falsim.Simulator
+def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fast simulator that the pipeline uses through KLINGFLOW_SIMULATOR_URL (shared queue and ledger)."""
     from falsim import Simulator, SimulatorConfig
 
@@ -50,7 +50,7 @@ def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 
         sim.stop()
 
 
-def fast_params(tmp_path: Path, manifest: Path, **overrides: object):  # noqa: ANN201 - klingflow.models.EditParams
+def fast_params(tmp_path: Path, manifest: Path, **overrides: object):
     """Flow parameters for tests: simulator backend, quick polling, private dirs under tmp_path."""
     from klingflow.models import EditParams
 

@@ -192,7 +192,7 @@ def _wait_workers(stack: Stack, names: set[str], timeout: float = 90) -> None:
     """Until every worker has sent a heartbeat (else one worker could take both runs one after the other)."""
     deadline, online = time.monotonic() + timeout, set()
     while time.monotonic() < deadline:
-        response = httpx.post(f"{stack.api}/work_pools/{POOL}/workers/filter", json={}, timeout=10)
+        response = _api(stack, "POST", f"/work_pools/{POOL}/workers/filter", json={})
         online = {w["name"] for w in response.json() if w.get("status") == "ONLINE"} if response.is_success else set()
         if names <= online:
             return
@@ -200,16 +200,33 @@ def _wait_workers(stack: Stack, names: set[str], timeout: float = 90) -> None:
     pytest.fail(f"workers online: {online}, expected {names}\n{stack.logs()}")
 
 
+def _api(stack: Stack, method: str, path: str, **kwargs: object) -> httpx.Response:
+    """A Prefect API call that retries what Prefect's own client retries (SQLite under load answers 503)."""
+    for attempt in range(8):
+        try:
+            response = httpx.request(method, f"{stack.api}{path}", timeout=30, **kwargs)
+            if response.status_code not in (429, 502, 503):
+                return response
+        except httpx.TransportError:
+            if attempt == 7:
+                raise
+        time.sleep(0.5 * 2**attempt)
+    return response
+
+
 def _deployment(stack: Stack, name: str) -> dict:
-    response = httpx.get(f"{stack.api}/deployments/name/{name}", timeout=10)
+    response = _api(stack, "GET", f"/deployments/name/{name}")
     assert response.status_code == 200, f"deployment {name}: {response.status_code} {response.text}"
     return response.json()
 
 
 def _trigger(stack: Stack, deployment_id: str, params: dict) -> str:
-    """What the UI's Custom run form does: POST the form's parameters to create_flow_run."""
-    response = httpx.post(f"{stack.api}/deployments/{deployment_id}/create_flow_run",
-                          json={"parameters": {"params": params}}, timeout=10)
+    """What the UI's Custom run form does: POST the form's parameters to create_flow_run.
+
+    The idempotency key makes a retried request (after a 503) return the run it created, never a second run.
+    """
+    body = {"parameters": {"params": params}, "idempotency_key": uuid.uuid4().hex}
+    response = _api(stack, "POST", f"/deployments/{deployment_id}/create_flow_run", json=body)
     assert response.status_code == 201, f"create_flow_run: {response.status_code} {response.text}"
     return response.json()["id"]
 
@@ -217,7 +234,7 @@ def _trigger(stack: Stack, deployment_id: str, params: dict) -> str:
 def _wait_finished(stack: Stack, run_ids: list[str]) -> dict[str, dict]:
     deadline, runs = time.monotonic() + RUN_TIMEOUT_S, {}
     while time.monotonic() < deadline:
-        runs = {rid: httpx.get(f"{stack.api}/flow_runs/{rid}", timeout=10).json() for rid in run_ids}
+        runs = {rid: _api(stack, "GET", f"/flow_runs/{rid}").json() for rid in run_ids}
         if all(r["state"]["type"] in TERMINAL for r in runs.values()):
             return runs
         time.sleep(1)
@@ -249,7 +266,7 @@ def test_setup_is_idempotent(stack: Stack) -> None:
     out = stack.run("setup-again", [sys.executable, "-m", "klingflow.setup_prefect", "--concurrency", str(LIMIT),
                                     "--no-demo-media"])
     assert f"'klingflow-fal' = {LIMIT} (unchanged)" in out and f"work pool {POOL!r} exists" in out
-    limit = httpx.get(f"{stack.api}/v2/concurrency_limits/klingflow-fal", timeout=10).json()
+    limit = _api(stack, "GET", "/v2/concurrency_limits/klingflow-fal").json()
     assert (limit["limit"], limit["active"]) == (LIMIT, True)
 
 
@@ -295,14 +312,14 @@ def test_two_workers_run_concurrently_within_the_global_limit(stack: Stack) -> N
 
 def test_fal_key_is_stored_as_a_secret_and_never_leaks(stack: Stack) -> None:
     """Setup stores FAL_KEY in the `fal-key` Secret block; it appears in no log and no run parameter."""
-    response = httpx.get(f"{stack.api}/block_types/slug/secret/block_documents/name/fal-key",
-                         params={"include_secrets": "true"}, timeout=10)
+    response = _api(stack, "GET", "/block_types/slug/secret/block_documents/name/fal-key",
+                    params={"include_secrets": "true"})
     assert response.status_code == 200, response.text
     assert response.json()["data"]["value"] == stack.fal_key
     logs = "".join(p.read_text(errors="replace") for p in (stack.root / "logs").glob("*.log"))
     assert "fal-key" in logs
     assert stack.fal_key not in logs
-    runs = httpx.post(f"{stack.api}/flow_runs/filter", json={}, timeout=10).json()
+    runs = _api(stack, "POST", "/flow_runs/filter", json={}).json()
     assert stack.fal_key not in json.dumps([r["parameters"] for r in runs])
 
 

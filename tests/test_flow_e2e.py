@@ -33,7 +33,7 @@ def _manifest(tmp_path: Path, rows: list[str]) -> Path:
     return path
 
 
-async def _run(params) -> tuple[str, RunSummary]:  # noqa: ANN001
+async def _run(params) -> tuple[str, RunSummary]:
     state = await edit_videos(params, return_state=True)
     summary = await state.aresult(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
@@ -85,7 +85,7 @@ async def test_rerun_reuses_results_and_forced_rerun_uploads_nothing(
     assert again.cost_usd == 0
     assert len(simulator.ledger()) == 1
 
-    state, forced = await _run(params.model_copy(update={"force": True}))
+    state, _forced = await _run(params.model_copy(update={"force": True}))
     assert state == "COMPLETED"
     assert len(simulator.ledger()) == 2
     assert simulator.counters()["upload_bytes"] == first_uploads

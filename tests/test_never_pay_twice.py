@@ -35,7 +35,7 @@ def _manifest(tmp_path: Path, clip: Path, prompts: list[str]) -> Path:
     return path
 
 
-async def _run(params) -> tuple[str, RunSummary]:  # noqa: ANN001
+async def _run(params) -> tuple[str, RunSummary]:
     state = await edit_videos(params, return_state=True)
     summary = await state.aresult(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
@@ -47,7 +47,7 @@ async def test_two_concurrent_runs_submit_each_job_once(tmp_path: Path, simulato
     manifest = _manifest(tmp_path, clip, [f"Edit {i} @Video1" for i in range(3)])
     first = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r1"))
     second = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r2"))
-    (s1, one), (s2, two) = await asyncio.gather(_run(first), _run(second))
+    (s1, _), (s2, _) = await asyncio.gather(_run(first), _run(second))
     assert (s1, s2) == ("COMPLETED", "COMPLETED")
     assert len(simulator.ledger()) == 3
     assert {e.input["prompt"] for e in simulator.ledger()} == {f"Edit {i} @Video1" for i in range(3)}

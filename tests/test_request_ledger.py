@@ -55,7 +55,8 @@ def test_lock_blocks_a_live_holder_and_is_reentrant(tmp_path: Path) -> None:
         "l = RequestLedger(sys.argv[2], 'simulator'); assert l.try_lock('k', 'other'); print('locked', flush=True);"
         "time.sleep(30)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script, os.getcwd(), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    cmd = [sys.executable, "-c", script, os.getcwd(), str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "locked"
