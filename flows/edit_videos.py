@@ -21,6 +21,7 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.cancellation import cancel_outstanding_requests
 from flows.job_lifecycle import RunContext, run_job
 from klingflow import events
 from klingflow.backend import BackendSession, choose_backend, open_backend
@@ -55,7 +56,11 @@ class RunSummary(BaseModel):
         return self.failed == 0
 
 
-@flow(name="edit_videos", task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2))
+@flow(
+    name="edit_videos",
+    task_runner=ThreadPoolTaskRunner(max_workers=os.cpu_count() or 2),
+    on_cancellation=[cancel_outstanding_requests],
+)
 async def edit_videos(params: EditParams) -> State:
     """Run every edit of a manifest through Kling O3 Pro (or the local simulator) and report."""
     logger = get_run_logger()

@@ -29,7 +29,7 @@ from klingflow.hashing import sha256_file
 from klingflow.models import EditParams, JobRecord
 from klingflow.request_history import HistoryUnavailable, find_request, payload_sha256
 from klingflow.request_ledger import LedgerEntry, RequestLedger
-from tasks.collect import PollSettings, collect, download
+from tasks.collect import UNREACHABLE_STAGE, PollSettings, collect, download
 from tasks.submit import UNKNOWN_OUTCOME_STAGE, edit_arguments, submit
 from tasks.upload import UploadCache, upload
 
@@ -187,7 +187,7 @@ def _with_result(job: JobRecord, entry: LedgerEntry) -> JobRecord:
 async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
     """Wait for the request; on cancellation of this run, cancel it at fal first."""
     try:
-        job = await _guarded(job, "collect", collect(job, ctx.session, ctx.params.endpoint, ctx.poll))
+        job = await _guarded(job, UNREACHABLE_STAGE, collect(job, ctx.session, ctx.params.endpoint, ctx.poll))
     except asyncio.CancelledError:
         await asyncio.shield(_cancel_at_fal(job, ctx))
         raise
@@ -200,6 +200,8 @@ async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
             cost_usd=job.cost_usd,
             cost_source=job.cost_source,
         )
+    elif job.error_stage == UNREACHABLE_STAGE:
+        pass  # fal was not reached: keep "submitted" so the next run resumes this request instead of paying again
     elif job.status in ("failed", "cancelled"):
         ctx.ledger.update(job.job_key, state="cancelled" if job.status == "cancelled" else "failed", error=job.error)
     return job

@@ -8,30 +8,13 @@ recorded size and sha256.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-import diskcache
 from pydantic import BaseModel
 
-CHUNK = 1 << 20
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def private_dir(path: Path) -> Path:
-    """Create a directory readable by its owner only (and tighten it if it already exists)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
+from klingflow.hashing import sha256_file
+from klingflow.jsoncache import open_json_cache, private_dir
 
 
 class CacheEntry(BaseModel):
@@ -57,7 +40,7 @@ class TranscodeCache:
     def get(self, source_sha256: str, settings_digest: str) -> CacheEntry | None:
         """The cached entry if its file is still there, unchanged; else None (and the entry is dropped)."""
         key = self.key(source_sha256, settings_digest)
-        with diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk) as index:
+        with open_json_cache(self.directory) as index:
             raw = index.get(key)
             if raw is None:
                 return None
@@ -69,5 +52,5 @@ class TranscodeCache:
             return None
 
     def put(self, source_sha256: str, settings_digest: str, entry: CacheEntry) -> None:
-        with diskcache.Cache(str(self.directory), disk=diskcache.JSONDisk) as index:
+        with open_json_cache(self.directory) as index:
             index.set(self.key(source_sha256, settings_digest), entry.model_dump(mode="json"))

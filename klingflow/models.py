@@ -144,7 +144,7 @@ class JobRecord(BaseModel):
     output_duration_s: float | None = None
     billed_seconds: float | None = None
     cost_usd: float | None = None
-    cost_source: Literal["header", "estimate", "none"] = "none"
+    cost_source: Literal["header", "estimate", "reused", "none"] = "none"
     reused: bool = False
 
     @property

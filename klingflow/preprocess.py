@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, cost_usd, prompt_reference_errors
 from klingflow.errors import JobError, MediaError
-from klingflow.media_cache import CacheEntry, TranscodeCache, private_dir, sha256_file
+from klingflow.hashing import sha256_file
+from klingflow.jsoncache import private_dir
+from klingflow.media_cache import CacheEntry, TranscodeCache
 from klingflow.media_fetch import check_local, download, is_url
 from klingflow.media_ffmpeg import ffmpeg_args, run_ffmpeg
 from klingflow.media_images import image_fixes, image_problems, normalize_image, probe_image

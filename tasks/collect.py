@@ -35,6 +35,7 @@ from klingflow.models import JobRecord
 from klingflow.probe import probe_video
 
 GROWTH = 1.5
+UNREACHABLE_STAGE = "collect-unreachable"  # error_stage when fal could not be asked: the request may still finish
 RESULT_TIMEOUT = httpx.Timeout(120.0, connect=30.0)
 DURATION_TOLERANCE_S = 0.5
 
@@ -114,7 +115,7 @@ async def _fetch_result(record: JobRecord, session: BackendSession, response_url
         async with httpx.AsyncClient(timeout=RESULT_TIMEOUT, headers=headers) as http:
             response = await http.get(response_url)
     except httpx.HTTPError as exc:
-        return record.fail("collect", f"row {record.row} ({record.job_id}): result fetch failed: {exc!r}")
+        return record.fail(UNREACHABLE_STAGE, f"row {record.row} ({record.job_id}): result fetch failed: {exc!r}")
     if response.status_code >= 400:
         return record.fail("collect", f"row {record.row} ({record.job_id}): {_error_text(response)}")
     try:
