@@ -4,12 +4,16 @@ simulator's billing ledger that every job was billed exactly once and every outp
     python bench/kill_resume.py --kills 20 --jobs 6 --seed 7
 
 The simulator runs in this process (it survives the kills); each pipeline run is a `klingflow run`
-subprocess sharing one state dir (upload cache, request ledger) and one report dir.
+subprocess sharing one state dir (upload cache, request ledger) and one report dir. Odd-numbered
+kills are random in time; even-numbered ones wait for the simulator to accept a new submission and
+kill within 0-30 ms of it — aiming at the window between fal accepting a request and the pipeline
+recording its id.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -61,11 +65,28 @@ def _command(manifest: Path, root: Path, iteration: int) -> list[str]:
     ]
 
 
+def _wait_random(proc: subprocess.Popen[bytes], delay_s: float) -> None:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=delay_s)
+
+
+def _wait_for_submit(proc: subprocess.Popen[bytes], sim: Simulator, timeout_s: float, after_s: float) -> None:
+    """Return `after_s` after the simulator accepted one more submission (or at timeout / exit)."""
+    before = sim.counters()["submits"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sim.counters()["submits"] > before:
+            time.sleep(after_s)
+            return
+        time.sleep(0.002)
+
+
 def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print) -> KillReport:
     rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)
-    config = SimulatorConfig(state_dir=root / "sim", time_scale=0.3, concurrency_per_key=2, log_interval_s=0.2)
+    # 1 s of processing per video second: a 12-job run outlives most kills, so kills land mid-flight
+    config = SimulatorConfig(state_dir=root / "sim", time_scale=1.0, concurrency_per_key=2, log_interval_s=0.5)
     with Simulator(config) as sim:
         env = {
             **os.environ,
@@ -77,15 +98,18 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
         for i in range(kills):
             proc = subprocess.Popen(_command(manifest, root, i), env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
-            delay = rng.uniform(0.5, max_delay_s)
-            try:
-                proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
+            started = time.monotonic()
+            if i % 2 == 0:
+                _wait_random(proc, rng.uniform(0.5, max_delay_s))
+            else:
+                _wait_for_submit(proc, sim, max_delay_s * 1.5, rng.uniform(0.0, 0.03))
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
             submits = sim.counters()["submits"]
             report.submits_at_kill.append(submits)
-            log(f"kill {i + 1}/{kills} after {delay:.1f} s: {submits} submit(s) so far, {len(sim.ledger())} billed")
+            log(f"kill {i + 1}/{kills} after {time.monotonic() - started:.2f} s: {submits} submit(s) so far, "
+                f"{len(sim.ledger())} billed")
         started = time.monotonic()
         final = subprocess.run(_command(manifest, root, kills), env=env, capture_output=True, text=True, check=False)
         report.final_elapsed_s = time.monotonic() - started
@@ -104,7 +128,7 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--jobs", type=int, default=6)
+    parser.add_argument("--jobs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill, seconds after start")
     args = parser.parse_args(argv)

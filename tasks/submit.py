@@ -70,24 +70,26 @@ def _retry_delay(attempt: int, response: httpx.Response | None) -> float:
     return min(30.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter, not crypto
 
 
-async def post_once(session: BackendSession, endpoint: str, arguments: dict[str, Any]) -> Submission:
+async def post_once(
+    session: BackendSession, endpoint: str, arguments: dict[str, Any], *, max_retries: int = MAX_SAFE_RETRIES
+) -> Submission:
     """POST the request to the queue, retrying only failures that prove it was not accepted."""
     url = f"{session.base_url}/{endpoint}"
     headers = {"Authorization": f"Key {session.key}", "User-Agent": f"klingflow/{__version__}"}
     async with httpx.AsyncClient(timeout=SUBMIT_TIMEOUT, headers=headers) as http:
-        for attempt in range(MAX_SAFE_RETRIES + 1):
+        for attempt in range(max_retries + 1):
             response = None
             try:
                 response = await http.post(url, json=arguments)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # never reached the queue: safe to resend
-                if attempt == MAX_SAFE_RETRIES:
+                if attempt == max_retries:
                     raise SubmitRejected(f"cannot connect to {session.label}: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise SubmitOutcomeUnknown(f"{exc.__class__.__name__} after the request was sent") from exc
             else:
                 if response.status_code != 429:
                     return _accepted(response)
-                if attempt == MAX_SAFE_RETRIES:
+                if attempt == max_retries:
                     raise SubmitRejected("rate limited (HTTP 429) on every attempt")
             await asyncio.sleep(_retry_delay(attempt, response))
     raise AssertionError("unreachable")

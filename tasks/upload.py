@@ -89,7 +89,8 @@ async def upload_job(record: JobRecord, cache: UploadCache) -> JobRecord:
         try:
             url, hit, size = await cache.url_for(path, digest)
         except Exception as exc:
-            raise JobError(f"upload failed: {_describe(exc)}", job_id=record.job_id, path=path, stage="upload") from exc
+            where = f"{record.row} ({record.job_id})"
+            raise JobError(f"upload failed: {_describe(exc)}", job_id=where, path=path, stage="upload") from exc
         hits += hit
         uploaded += size
         return url

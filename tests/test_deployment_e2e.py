@@ -24,6 +24,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from klingflow.request_ledger import LedgerEntry, RequestLedger
 from klingflow.synth import make_clip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -342,3 +343,97 @@ def test_inbox_deployment_files_a_dropped_manifest(stack: Stack) -> None:
     assert sidecar["ok"] and sidecar["summary"]["statuses"] == {"drop-1": "succeeded"}
     assert not (inbox / "drop.csv").exists()
     assert len(httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json()) == billed_before + 1
+
+
+@pytest.mark.parametrize("refused_in_flow", [False, True], ids=["flow-cancels", "hook-cancels"])
+def test_cancelling_a_run_cancels_its_requests_at_fal(stack: Stack, refused_in_flow: bool) -> None:
+    """Cancelling a run as the UI does cancels its requests still at fal (unbilled) and logs what was billed."""
+    media = stack.root / f"media-cancel-{refused_in_flow}"
+    clip = make_clip(media / "clip.mp4", seconds=3, width=1280, height=720)
+    rows = [{"id": f"hang-{i}", "prompt": f"HANG {refused_in_flow} {i} of @Video1", "video": str(clip)}
+            for i in range(3)]
+    rows.append({"id": "quick", "prompt": f"Make @Video1 sunny {refused_in_flow}", "video": str(clip)})
+    manifest = media / "cancel.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    state_dir = stack.root / "shared-state"
+    params = {
+        "manifest": str(manifest),
+        "backend": "simulator",
+        "state_dir": str(state_dir),
+        "max_concurrency": len(rows),
+        "concurrency_limit": "klingflow-cancel-e2e",
+        "output_dir": str(stack.root / "outputs-cancel"),
+        "report_dir": str(stack.root / "reports-cancel"),
+        "poll_interval_s": 0.2,
+        "poll_max_interval_s": 0.5,
+        "job_timeout_s": 120,
+    }
+    faults = httpx.get(f"{stack.sim}/_simulator/faults", timeout=10).json()
+    billed_before = {e["request_id"] for e in httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json()}
+    hang = {**faults, "hang_prompts_containing": ["HANG"]}
+    httpx.put(f"{stack.sim}/_simulator/faults", json=hang, timeout=10).raise_for_status()
+    try:
+        run_id = _trigger(stack, _deployment(stack, "edit_videos/edit-videos-adhoc")["id"], params)
+        hanging, quick = _wait_hanging_and_billed(stack, state_dir, run_id)
+        if refused_in_flow:  # the flow's own three cancels fail (500), so only the on_cancellation hook can succeed
+            refuse = {**hang, "cancel": {"http_500": 1.0, "max_count": len(hanging)}}
+            httpx.put(f"{stack.sim}/_simulator/faults", json=refuse, timeout=10).raise_for_status()
+        response = _api(stack, "POST", f"/flow_runs/{run_id}/set_state",
+                        json={"state": {"type": "CANCELLING", "name": "Cancelling"}})
+        assert response.status_code in (200, 201), f"{response.status_code} {response.text}"
+        state = _wait_finished(stack, [run_id])[run_id]["state"]
+    finally:
+        httpx.put(f"{stack.sim}/_simulator/faults", json=faults, timeout=10).raise_for_status()
+
+    assert state["type"] == "CANCELLED", f"{state}\n{stack.logs()}"
+    at_fal = {r["request_id"]: r for r in httpx.get(f"{stack.sim}/_simulator/requests", timeout=10).json()}
+    assert {rid: at_fal[rid]["outcome"] for rid in hanging} == dict.fromkeys(hanging, "cancelled"), stack.logs()
+    billed = {e["request_id"] for e in httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json()} - billed_before
+    assert billed == {quick}
+    entries = {e.job_id: e for e in _run_entries(state_dir, run_id)}
+    assert {job: e.state for job, e in entries.items()} == {"hang-0": "cancelled", "hang-1": "cancelled",
+                                                             "hang-2": "cancelled", "quick": "succeeded"}
+    assert {e.request_id for job, e in entries.items() if job != "quick"} == hanging
+    assert entries["quick"].request_id == quick and entries["quick"].cost_usd
+    logs = _wait_log(stack, run_id, "already billed")
+    assert f"cancelled run: 1 request(s) already billed, ${entries['quick'].cost_usd:.2f}" in logs
+    assert quick in logs
+    hook_cancelled = {rid for rid in hanging if f"cancelled request {rid}" in logs}
+    assert hook_cancelled == (hanging if refused_in_flow else set()), logs
+
+
+def _wait_log(stack: Stack, run_id: str, text: str, timeout: float = 15) -> str:
+    """The run's logs (as the UI shows them) once one contains `text` (the API log handler sends in batches)."""
+    deadline, logs = time.monotonic() + timeout, ""
+    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
+    while time.monotonic() < deadline:
+        response = _api(stack, "POST", "/logs/filter", json=body)
+        assert response.status_code == 200, response.text
+        logs = "\n".join(entry["message"] for entry in response.json())
+        if text in logs:
+            return logs
+        time.sleep(0.5)
+    pytest.fail(f"no log of run {run_id} contains {text!r}:\n{logs}\n{stack.logs()}")
+
+def _run_entries(state_dir: Path, run_id: str) -> list[LedgerEntry]:
+    """The request-ledger entries a flow run wrote (the simulator backend's namespace)."""
+    ledger = RequestLedger(state_dir / "requests", namespace="simulator")
+    try:
+        return [e for e in ledger.entries() if e.run_id == run_id]
+    finally:
+        ledger.close()
+
+
+def _wait_hanging_and_billed(stack: Stack, state_dir: Path, run_id: str, timeout: float = 60) -> tuple[set[str], str]:
+    """Until the run's three HANG requests are running at the simulator and its quick job has succeeded."""
+    deadline, entries = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        entries = _run_entries(state_dir, run_id)
+        hanging = {e.request_id for e in entries if e.job_id.startswith("hang-") and e.state == "submitted"}
+        quick = [e.request_id for e in entries if e.job_id == "quick" and e.state == "succeeded"]
+        if len(hanging) == 3 and quick:
+            at_fal = {r["request_id"]: r for r in httpx.get(f"{stack.sim}/_simulator/requests", timeout=10).json()}
+            if all(at_fal.get(rid, {}).get("status") in ("IN_QUEUE", "IN_PROGRESS") for rid in hanging):
+                return {rid for rid in hanging if rid}, quick[0] or ""
+        time.sleep(0.3)
+    pytest.fail(f"requests not hanging after {timeout} s: {[(e.job_id, e.state) for e in entries]}\n{stack.logs()}")

@@ -109,3 +109,40 @@ def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: 
     assert len(outcomes) == 3
     assert all(o == "cancelled" for o in outcomes), outcomes
     assert simulator.ledger() == []
+
+
+async def test_lost_submit_answer_is_adopted_from_the_request_history(tmp_path: Path, simulator, clip: Path) -> None:
+    """fal accepted the POST but the answer was lost: the job adopts that request; billed once."""
+    from falsim import RouteFaults
+
+    simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
+    manifest = _manifest(tmp_path, clip, ["Lost answer @Video1"])
+    state, summary = await _run(fast_params(tmp_path, manifest))
+    assert state == "COMPLETED", summary
+    assert simulator.counters()["submits"] == 1
+    assert len(simulator.ledger()) == 1
+    report = pd.read_parquet(tmp_path / "reports")
+    assert report.loc[0, "request_id"] == simulator.ledger()[0].request_id
+
+
+async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, simulator, clip: Path) -> None:
+    """A ledger left at "submitting" (a crash mid-POST) is resumed from fal's history, not resent."""
+    from falsim import RouteFaults
+    from klingflow.request_ledger import RequestLedger
+
+    simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
+    manifest = _manifest(tmp_path, clip, ["Crash mid-submit @Video1"])
+    params = fast_params(tmp_path, manifest)
+    # first run: the answer is lost and settled in-run; then rewind the ledger to "submitting" as a crash would
+    assert (await _run(params))[0] == "COMPLETED"
+    ledger = RequestLedger(Path(params.state_dir) / "requests", "simulator")
+    (entry,) = ledger.entries()
+    ledger.update(entry.job_key, state="submitting", request_id=None)
+    ledger.close()
+    for path in (tmp_path / "outputs").iterdir():
+        path.unlink()
+    state, summary = await _run(params)
+    assert state == "COMPLETED", summary
+    assert simulator.counters()["submits"] == 1
+    assert len(simulator.ledger()) == 1
+    assert summary.cost_usd == pytest.approx(1.008)  # the resumed request's bill belongs to this run's report

@@ -1,0 +1,94 @@
+"""Upload stage: each distinct content uploaded once, cached URLs reused while they are served."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import fal_client
+import pytest
+
+from klingflow.backend import BackendSession
+from klingflow.fal_backend import point_fal_client_at
+from klingflow.hashing import sha256_file
+from klingflow.jsoncache import open_json_cache
+from klingflow.models import Backend, ElementSpec, JobRecord
+from klingflow.synth import make_clip, make_image
+from tasks.upload import UploadCache, upload_job
+
+KEY = "upload-test-key"
+
+
+@pytest.fixture
+def session(simulator) -> BackendSession:
+    point_fal_client_at(simulator.url)
+    return BackendSession(Backend.simulator, simulator.url, KEY, fal_client.AsyncClient(key=KEY))
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> JobRecord:
+    clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)
+    img = make_image(tmp_path / "i.png")
+    return JobRecord(job_id="j", row=1, prompt="p", video=str(clip), input_path=str(clip),
+                     prepared_images=[str(img)],
+                     prepared_elements=[ElementSpec(frontal=str(img), references=[str(img)])])
+
+
+async def test_same_bytes_upload_once_per_run_and_never_on_the_next(
+    tmp_path: Path, simulator, session: BackendSession, job: JobRecord
+) -> None:
+    """One image used three times uploads once; a new cache on the same dir uploads 0 bytes."""
+    cache = UploadCache(tmp_path / "uploads", session)
+    first = await upload_job(job, cache)
+    cache.close()
+    assert simulator.counters()["uploads"] == 2  # the clip and the image
+    assert first.upload_cache_hits == 2
+    assert first.image_urls == [first.element_urls[0]["frontal_image_url"]]
+    assert first.uploaded_bytes == Path(job.input_path).stat().st_size + Path(job.prepared_images[0]).stat().st_size
+
+    again = UploadCache(tmp_path / "uploads", session)
+    second = await upload_job(job, again)
+    again.close()
+    assert simulator.counters()["uploads"] == 2
+    assert (second.uploaded_bytes, second.upload_cache_hits) == (0, 4)
+    assert second.video_url == first.video_url
+
+
+async def test_concurrent_jobs_share_one_upload(tmp_path: Path, simulator, session: BackendSession,
+                                                job: JobRecord) -> None:
+    """Five jobs with the same video at once: one upload, five identical URLs."""
+    cache = UploadCache(tmp_path / "uploads", session)
+    bare = job.model_copy(update={"prepared_images": [], "prepared_elements": []})
+    results = await asyncio.gather(*(upload_job(bare, cache) for _ in range(5)))
+    cache.close()
+    assert simulator.counters()["uploads"] == 1
+    assert len({r.video_url for r in results}) == 1
+
+
+async def test_a_url_no_longer_served_is_uploaded_again(tmp_path: Path, session: BackendSession,
+                                                        job: JobRecord) -> None:
+    """A cached URL that fails its HEAD check (expired, or another simulator) is replaced by a new upload."""
+    bare = job.model_copy(update={"prepared_images": [], "prepared_elements": []})
+    cache = UploadCache(tmp_path / "uploads", session)
+    first = await upload_job(bare, cache)
+    cache.close()
+    key = f"{session.namespace}|{sha256_file(job.input_path)}"
+    with open_json_cache(tmp_path / "uploads") as raw:
+        raw[key] = {**raw[key], "url": first.video_url.replace("/files/", "/files/gone-")}
+    fresh = UploadCache(tmp_path / "uploads", session)
+    second = await upload_job(bare, fresh)
+    fresh.close()
+    assert second.uploaded_bytes > 0
+    assert second.video_url != first.video_url.replace("/files/", "/files/gone-")
+
+
+async def test_upload_failure_is_the_jobs_error(tmp_path: Path, session: BackendSession, job: JobRecord) -> None:
+    """A file that vanished before upload fails that job, naming the row and the file."""
+    missing = job.model_copy(update={"input_path": str(tmp_path / "gone.mp4"), "prepared_images": [],
+                                     "prepared_elements": []})
+    cache = UploadCache(tmp_path / "uploads", session)
+    failed = await upload_job(missing, cache)
+    cache.close()
+    assert failed.status == "failed"
+    assert failed.error_stage == "upload"
+    assert "gone.mp4" in failed.error and "row 1 (j)" in failed.error
