@@ -5,9 +5,9 @@ simulator's billing ledger that every job was billed exactly once and every outp
 
 The simulator runs in this process (it survives the kills); each pipeline run is a `klingflow run`
 subprocess sharing one state dir (upload cache, request ledger) and one report dir. Odd-numbered
-kills are random in time; even-numbered ones wait for the simulator to accept a new submission and
-kill within 0-30 ms of it — aiming at the window between fal accepting a request and the pipeline
-recording its id.
+kills are random in time; even-numbered ones (while jobs remain unsubmitted) wait for the
+simulator to accept a new submission and kill within 0-30 ms of it — aiming at the window between
+fal accepting a request and the pipeline recording its id.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
             proc = subprocess.Popen(_command(manifest, root, i), env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, start_new_session=True)
             started = time.monotonic()
-            if i % 2 == 0:
+            if i % 2 == 0 or sim.counters()["submits"] >= jobs:  # nothing left to submit: random kills only
                 _wait_random(proc, rng.uniform(0.5, max_delay_s))
             else:
                 _wait_for_submit(proc, sim, max_delay_s * 1.5, rng.uniform(0.0, 0.03))
@@ -128,7 +128,7 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill, seconds after start")
     args = parser.parse_args(argv)
