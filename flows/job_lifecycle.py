@@ -200,9 +200,8 @@ async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
             cost_usd=job.cost_usd,
             cost_source=job.cost_source,
         )
-    elif job.error_stage == UNREACHABLE_STAGE:
-        pass  # fal was not reached: keep "submitted" so the next run resumes this request instead of paying again
-    elif job.status in ("failed", "cancelled"):
+    # When fal was not reached (collect-unreachable) the entry stays "submitted": the next run resumes it.
+    elif job.status in ("failed", "cancelled") and job.error_stage != UNREACHABLE_STAGE:
         ctx.ledger.update(job.job_key, state="cancelled" if job.status == "cancelled" else "failed", error=job.error)
     return job
 
