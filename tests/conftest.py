@@ -67,3 +67,13 @@ def fast_params(tmp_path: Path, manifest: Path, **overrides: object):
     }
     values.update(overrides)
     return EditParams(**values)
+
+
+async def run_flow(params):
+    """Run the real `edit_videos` flow; return its final state's name and its RunSummary."""
+    from flows.edit_videos import RunSummary, edit_videos
+
+    state = await edit_videos(params, return_state=True)
+    summary = await state.aresult(raise_on_failure=False)
+    assert isinstance(summary, RunSummary), summary
+    return state.type.value, summary

@@ -8,10 +8,9 @@ import pandas as pd
 import pytest
 
 from falsim import FaultConfig
-from flows.edit_videos import RunSummary, edit_videos
 from klingflow.probe import probe_video
 from klingflow.synth import make_clip, make_image
-from tests.conftest import fast_params
+from tests.conftest import fast_params, run_flow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -33,13 +32,6 @@ def _manifest(tmp_path: Path, rows: list[str]) -> Path:
     return path
 
 
-async def _run(params) -> tuple[str, RunSummary]:
-    state = await edit_videos(params, return_state=True)
-    summary = await state.aresult(raise_on_failure=False)
-    assert isinstance(summary, RunSummary), summary
-    return state.type.value, summary
-
-
 async def test_batch_with_a_failing_job_reports_every_row_and_matches_the_ledger(
     tmp_path: Path, simulator, clips: dict[str, Path]
 ) -> None:
@@ -51,7 +43,7 @@ async def test_batch_with_a_failing_job_reports_every_row_and_matches_the_ledger
         f"boom,EXPLODE @Video1,{clips['c']},,true",
         f"missing,Edit @Video1,{tmp_path / 'nope.mp4'},,true",
     ])
-    state, summary = await _run(fast_params(tmp_path, manifest))
+    state, summary = await run_flow(fast_params(tmp_path, manifest))
 
     assert state == "FAILED"
     assert summary.statuses == {"ok-a": "succeeded", "ok-b": "succeeded", "boom": "failed", "missing": "failed"}
@@ -76,16 +68,16 @@ async def test_rerun_reuses_results_and_forced_rerun_uploads_nothing(
     """A second run pays nothing; a forced run pays again but finds every file in the upload cache."""
     manifest = _manifest(tmp_path, [f"a,Make @Video1 snowy,{clips['a']},{clips['img']},true"])
     params = fast_params(tmp_path, manifest)
-    assert (await _run(params))[0] == "COMPLETED"
+    assert (await run_flow(params))[0] == "COMPLETED"
     first_uploads = simulator.counters()["upload_bytes"]
     assert first_uploads > 0
 
-    state, again = await _run(params)
+    state, again = await run_flow(params)
     assert state == "COMPLETED"
     assert again.cost_usd == 0
     assert len(simulator.ledger()) == 1
 
-    state, _forced = await _run(params.model_copy(update={"force": True}))
+    state, _forced = await run_flow(params.model_copy(update={"force": True}))
     assert state == "COMPLETED"
     assert len(simulator.ledger()) == 2
     assert simulator.counters()["upload_bytes"] == first_uploads
@@ -106,7 +98,7 @@ async def test_concurrency_limit_holds_on_the_simulator(tmp_path: Path, simulato
 
         os.environ["KLINGFLOW_SIMULATOR_URL"] = wide.url
         rows = [f"j{i},Edit {i} @Video1,{clips['a']},,true" for i in range(6)]
-        state, summary = await _run(fast_params(tmp_path, _manifest(tmp_path, rows), max_concurrency=2))
+        state, summary = await run_flow(fast_params(tmp_path, _manifest(tmp_path, rows), max_concurrency=2))
         assert state == "COMPLETED"
         assert summary.succeeded == 6
         in_flight = [k["max_in_flight"] for k in wide.counters()["keys"].values()]

@@ -16,9 +16,8 @@ import pandas as pd
 import pytest
 
 from falsim import FaultConfig
-from flows.edit_videos import RunSummary, edit_videos
 from klingflow.synth import make_clip
-from tests.conftest import fast_params
+from tests.conftest import fast_params, run_flow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 
@@ -35,19 +34,12 @@ def _manifest(tmp_path: Path, clip: Path, prompts: list[str]) -> Path:
     return path
 
 
-async def _run(params) -> tuple[str, RunSummary]:
-    state = await edit_videos(params, return_state=True)
-    summary = await state.aresult(raise_on_failure=False)
-    assert isinstance(summary, RunSummary), summary
-    return state.type.value, summary
-
-
 async def test_two_concurrent_runs_submit_each_job_once(tmp_path: Path, simulator, clip: Path) -> None:
     """Two runs of one manifest at the same time: every job is billed once; the slower run reuses."""
     manifest = _manifest(tmp_path, clip, [f"Edit {i} @Video1" for i in range(3)])
     first = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r1"))
     second = fast_params(tmp_path, manifest, report_dir=str(tmp_path / "r2"))
-    (s1, _), (s2, _) = await asyncio.gather(_run(first), _run(second))
+    (s1, _), (s2, _) = await asyncio.gather(run_flow(first), run_flow(second))
     assert (s1, s2) == ("COMPLETED", "COMPLETED")
     assert len(simulator.ledger()) == 3
     assert {e.input["prompt"] for e in simulator.ledger()} == {f"Edit {i} @Video1" for i in range(3)}
@@ -59,7 +51,7 @@ async def test_two_concurrent_runs_submit_each_job_once(tmp_path: Path, simulato
 async def test_budget_cap_is_never_exceeded(tmp_path: Path, simulator, clip: Path) -> None:
     """With a $2.50 cap and $1.01 jobs, two are submitted and the rest are skipped_budget."""
     manifest = _manifest(tmp_path, clip, [f"Budget {i} @Video1" for i in range(4)])
-    state, summary = await _run(fast_params(tmp_path, manifest, max_budget_usd=2.5, max_concurrency=4))
+    state, summary = await run_flow(fast_params(tmp_path, manifest, max_budget_usd=2.5, max_concurrency=4))
     assert state == "FAILED"
     assert sorted(summary.statuses.values()) == ["skipped_budget", "skipped_budget", "succeeded", "succeeded"]
     assert sum(float(e.cost_usd) for e in simulator.ledger()) <= 2.5
@@ -73,7 +65,7 @@ async def test_budget_cap_is_never_exceeded(tmp_path: Path, simulator, clip: Pat
 async def test_dry_run_submits_nothing(tmp_path: Path, simulator, clip: Path) -> None:
     """A dry run preprocesses and estimates every job and leaves the ledger empty."""
     manifest = _manifest(tmp_path, clip, ["Dry @Video1", "Dry too @Video1"])
-    state, summary = await _run(fast_params(tmp_path, manifest, dry_run=True))
+    state, summary = await run_flow(fast_params(tmp_path, manifest, dry_run=True))
     assert state == "COMPLETED"
     assert summary.estimated_usd == pytest.approx(2 * 1.008)
     assert simulator.ledger() == []
@@ -117,7 +109,7 @@ async def test_lost_submit_answer_is_adopted_from_the_request_history(tmp_path: 
 
     simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
     manifest = _manifest(tmp_path, clip, ["Lost answer @Video1"])
-    state, summary = await _run(fast_params(tmp_path, manifest))
+    state, summary = await run_flow(fast_params(tmp_path, manifest))
     assert state == "COMPLETED", summary
     assert simulator.counters()["submits"] == 1
     assert len(simulator.ledger()) == 1
@@ -134,14 +126,14 @@ async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, si
     manifest = _manifest(tmp_path, clip, ["Crash mid-submit @Video1"])
     params = fast_params(tmp_path, manifest)
     # first run: the answer is lost and settled in-run; then rewind the ledger to "submitting" as a crash would
-    assert (await _run(params))[0] == "COMPLETED"
+    assert (await run_flow(params))[0] == "COMPLETED"
     ledger = RequestLedger(Path(params.state_dir) / "requests", "simulator")
     (entry,) = ledger.entries()
     ledger.update(entry.job_key, state="submitting", request_id=None)
     ledger.close()
     for path in (tmp_path / "outputs").iterdir():
         path.unlink()
-    state, summary = await _run(params)
+    state, summary = await run_flow(params)
     assert state == "COMPLETED", summary
     assert simulator.counters()["submits"] == 1
     assert len(simulator.ledger()) == 1
