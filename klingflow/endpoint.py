@@ -30,6 +30,7 @@ MAX_SIDE_PX = 2160
 MAX_VIDEO_BYTES = 200 * 1000 * 1000  # "200MB", read conservatively as decimal megabytes
 MIN_FPS = 24.0  # from the sibling O1 edit docs ("Min FPS 24, Max FPS 60"); assumption for O3
 MAX_FPS = 60.0
+FPS_TOLERANCE = 0.05  # 23.976 fps (NTSC film) counts as 24
 
 # Reference images: "Maximum 4 total (elements + reference images) when using video".
 MAX_REFERENCES = 4
@@ -109,6 +110,11 @@ def duration_in_limits(duration_s: float) -> bool:
 def size_in_limits(width: int, height: int) -> bool:
     """Whether both displayed sides are within the endpoint's pixel limits."""
     return MIN_SIDE_PX <= width <= MAX_SIDE_PX and MIN_SIDE_PX <= height <= MAX_SIDE_PX
+
+
+def fps_in_limits(fps: float) -> bool:
+    """Whether a frame rate is accepted (24..60, with 23.976 counting as 24)."""
+    return MIN_FPS - FPS_TOLERANCE <= fps <= MAX_FPS + FPS_TOLERANCE
 
 
 def billable_seconds(output_duration_s: float) -> int:

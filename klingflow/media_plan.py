@@ -25,6 +25,7 @@ from klingflow.endpoint import (
     MIN_SIDE_PX,
     VIDEO_EXTENSIONS,
     duration_in_limits,
+    fps_in_limits,
     size_in_limits,
 )
 from klingflow.errors import MediaError
@@ -32,7 +33,6 @@ from klingflow.models import TooLongPolicy
 from klingflow.probe import VideoProbe
 
 # 23.976 fps (NTSC film) is "24 fps" to every player; the endpoint's 24..60 is read with this slack.
-FPS_TOLERANCE = 0.05
 # Pixel formats a passthrough H.264 stream may have (8-bit 4:2:0; yuvj420p is full-range 4:2:0).
 PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
 # Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
@@ -86,11 +86,6 @@ class Plan(BaseModel):
     tonemap: bool = False
     audio: Literal["copy", "aac", "none"] = "copy"
     video_max_kbps: int | None = None
-
-
-def fps_in_limits(fps: float) -> bool:
-    """Whether a frame rate is accepted (24..60 with a small tolerance for 23.976)."""
-    return MIN_FPS - FPS_TOLERANCE <= fps <= MAX_FPS + FPS_TOLERANCE
 
 
 def _even(value: float) -> int:

@@ -10,8 +10,14 @@ import av
 import numpy as np
 import pytest
 
-from klingflow.endpoint import MAX_VIDEO_BYTES, VIDEO_EXTENSIONS, billable_seconds, cost_usd, duration_in_limits
-from klingflow.media_plan import fps_in_limits
+from klingflow.endpoint import (
+    MAX_VIDEO_BYTES,
+    VIDEO_EXTENSIONS,
+    billable_seconds,
+    cost_usd,
+    duration_in_limits,
+    fps_in_limits,
+)
 from klingflow.models import EditParams, JobRecord, TooLongPolicy
 from klingflow.preprocess import AspectPolicy, PreprocessSettings, TooShortPolicy, preprocess_job
 from klingflow.probe import VideoProbe, probe_video
