@@ -131,6 +131,9 @@ async def _resume(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRec
     )
     if entry.state == "completed" and entry.output_url:
         job = _with_result(job, entry)
+        if entry.billed_in_run:  # that run's report already counts the bill: this one must not
+            job = job.model_copy(update={"reused": True, "cost_usd": 0.0, "billed_seconds": 0.0,
+                                         "cost_source": "reused"})
     else:
         async with ctx.slots.hold():
             job = await _collect(job, ctx)
@@ -210,15 +213,18 @@ async def _download(job: JobRecord, ctx: RunContext) -> JobRecord:
     if not job.ok or not job.output_url:
         return job
     job = await _guarded(job, "download", download(job, ctx.params.output_dir))
-    if job.status == "succeeded":
-        ctx.ledger.update(
-            job.job_key,
-            state="succeeded",
-            output_path=job.output_path,
-            output_sha256=job.output_sha256,
-            output_bytes=job.output_bytes,
-            output_duration_s=job.output_duration_s,
-        )
+    if job.status != "succeeded":
+        if not job.reused:  # this run's report carries the bill; a later run that downloads it must not
+            ctx.ledger.update(job.job_key, billed_in_run=ctx.run_id)
+        return job
+    ctx.ledger.update(
+        job.job_key,
+        state="succeeded",
+        output_path=job.output_path,
+        output_sha256=job.output_sha256,
+        output_bytes=job.output_bytes,
+        output_duration_s=job.output_duration_s,
+    )
     return job
 
 

@@ -52,6 +52,7 @@ class LedgerEntry(BaseModel):
     billed_seconds: float | None = None
     cost_usd: float | None = None
     cost_source: str | None = None
+    billed_in_run: str | None = None  # a run whose report already carries this bill (its download failed)
     error: str | None = None
 
 

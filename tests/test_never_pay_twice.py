@@ -138,3 +138,25 @@ async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, si
     assert simulator.counters()["submits"] == 1
     assert len(simulator.ledger()) == 1
     assert summary.cost_usd == pytest.approx(1.008)  # the resumed request's bill belongs to this run's report
+
+
+async def test_failed_download_is_recovered_next_run_without_paying_or_counting_twice(
+    tmp_path: Path, simulator, clip: Path
+) -> None:
+    """The output could not be downloaded: the next run fetches the paid result; the bill is reported once."""
+    from falsim import RouteFaults
+
+    simulator.set_faults(FaultConfig(download=RouteFaults(http_500=1.0, max_count=1)))
+    params = fast_params(tmp_path, _manifest(tmp_path, clip, ["Download me @Video1"]))
+    state, first = await run_flow(params)
+    assert state == "FAILED"
+    assert first.statuses == {"j0": "failed"}
+    state, second = await run_flow(params)
+    assert second.cost_usd == 0
+    assert state == "COMPLETED"
+    assert len(simulator.ledger()) == 1
+    history = pd.read_parquet(tmp_path / "reports").sort_values("run_started_at")
+    assert list(history["status"]) == ["failed", "succeeded"]
+    assert list(history["reused"]) == [False, True]
+    assert round(history["cost_usd"].sum(), 2) == round(float(simulator.ledger()[0].cost_usd), 2)
+    assert Path(history.iloc[1]["output_path"]).is_file()
