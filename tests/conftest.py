@@ -77,3 +77,19 @@ async def run_flow(params):
     summary = await state.aresult(raise_on_failure=False)
     assert isinstance(summary, RunSummary), summary
     return state.type.value, summary
+
+
+SESSION_KEY = "stage-test-key"
+
+
+@pytest.fixture
+def session(simulator):
+    """A backend session on the `simulator` fixture, as the flow opens one (real fal_client)."""
+    import fal_client
+
+    from klingflow.backend import BackendSession
+    from klingflow.fal_backend import point_fal_client_at
+    from klingflow.models import Backend
+
+    point_fal_client_at(simulator.url)
+    return BackendSession(Backend.simulator, simulator.url, SESSION_KEY, fal_client.AsyncClient(key=SESSION_KEY))

@@ -12,11 +12,10 @@ import pytest
 from klingflow.backend import BackendSession
 from klingflow.endpoint import ENDPOINT_ID
 from klingflow.fal_backend import point_fal_client_at
-from klingflow.models import Backend, JobRecord
+from klingflow.models import JobRecord
 from klingflow.synth import make_clip
 from tasks.collect import PollSettings, download_and_verify, next_interval, wait_for_result
-
-KEY = "collect-test-key"
+from tests.conftest import SESSION_KEY as KEY
 
 
 def _polls_for(duration_s: float, settings: PollSettings) -> int:
@@ -35,12 +34,6 @@ def test_default_schedule_costs_at_most_three_polls_per_job_minute() -> None:
     assert _polls_for(300, defaults) / 5 < 3
     assert _polls_for(600, defaults) / 10 < 2.5
     assert next_interval(20.0, defaults) == 30.0
-
-
-@pytest.fixture
-def session(simulator) -> BackendSession:
-    point_fal_client_at(simulator.url)
-    return BackendSession(Backend.simulator, simulator.url, KEY, fal_client.AsyncClient(key=KEY))
 
 
 async def test_wait_counts_polls_forwards_logs_and_reads_the_bill(

@@ -11,18 +11,10 @@ import pytest
 from falsim import FaultConfig, RouteFaults
 from klingflow.backend import BackendSession
 from klingflow.endpoint import ENDPOINT_ID
-from klingflow.fal_backend import point_fal_client_at
 from klingflow.models import Backend, JobRecord
 from klingflow.synth import make_clip
 from tasks.submit import SubmitOutcomeUnknown, SubmitRejected, edit_arguments, post_once, submit_job
-
-KEY = "submit-test-key"
-
-
-@pytest.fixture
-def session(simulator) -> BackendSession:
-    point_fal_client_at(simulator.url)
-    return BackendSession(Backend.simulator, simulator.url, KEY, fal_client.AsyncClient(key=KEY))
+from tests.conftest import SESSION_KEY as KEY
 
 
 @pytest.fixture

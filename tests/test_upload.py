@@ -5,24 +5,14 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import fal_client
 import pytest
 
 from klingflow.backend import BackendSession
-from klingflow.fal_backend import point_fal_client_at
 from klingflow.hashing import sha256_file
 from klingflow.jsoncache import open_json_cache
-from klingflow.models import Backend, ElementSpec, JobRecord
+from klingflow.models import ElementSpec, JobRecord
 from klingflow.synth import make_clip, make_image
 from tasks.upload import UploadCache, upload_job
-
-KEY = "upload-test-key"
-
-
-@pytest.fixture
-def session(simulator) -> BackendSession:
-    point_fal_client_at(simulator.url)
-    return BackendSession(Backend.simulator, simulator.url, KEY, fal_client.AsyncClient(key=KEY))
 
 
 @pytest.fixture
