@@ -109,7 +109,8 @@ def bench_pyav_vs_cli(src: Path, root: Path, preset: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the 1080p test clips")
-    parser.add_argument("--preset", default="medium", help="libx264 preset (the stage's default is medium)")
+    stage_preset = PreprocessSettings.model_fields["x264_preset"].default
+    parser.add_argument("--preset", default=stage_preset, help=f"libx264 preset (default: the stage's, {stage_preset})")
     parser.add_argument("--probe-runs", type=int, default=25)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

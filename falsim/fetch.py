@@ -11,6 +11,7 @@ from urllib.parse import unquote
 import httpx
 
 from falsim.storage import Storage
+from klingflow.download import DownloadError, stream_to_file
 
 
 class FetchError(Exception):
@@ -35,23 +36,31 @@ class Fetched:
 
 
 async def fetch(url: str, *, storage: Storage, client: httpx.AsyncClient, max_bytes: int) -> Fetched:
-    """Make `url` available as a local file no bigger than max_bytes (+1 so "too big" is detectable)."""
+    """Make `url` available as a local file of at most max_bytes (else FetchError "file_too_large")."""
     local = storage.resolve_url(url)
     if local is not None:
+        if local.stat().st_size > max_bytes:
+            raise _too_large(url, max_bytes)
         return Fetched(local, temporary=False)
     if url.startswith("data:"):
-        return _from_data_uri(url, storage)
+        return _from_data_uri(url, storage, max_bytes)
     if not url.startswith(("http://", "https://")):
         raise FetchError(f"Unsupported URL: {url[:80]}")
     return await _download(url, storage, client, max_bytes)
 
 
-def _from_data_uri(url: str, storage: Storage) -> Fetched:
+def _too_large(what: str, max_bytes: int) -> FetchError:
+    return FetchError(f"File at {what} is larger than {max_bytes} bytes", "file_too_large")
+
+
+def _from_data_uri(url: str, storage: Storage, max_bytes: int) -> Fetched:
     header, _, data = url.partition(",")
     try:
         raw = base64.b64decode(data) if header.endswith(";base64") else unquote(data).encode()
     except (binascii.Error, ValueError) as exc:
         raise FetchError(f"Invalid data URI: {exc}") from exc
+    if len(raw) > max_bytes:
+        raise _too_large(f"{header[:60]},...", max_bytes)
     path = storage.temp_path()
     path.write_bytes(raw)
     return Fetched(path, temporary=True)
@@ -60,20 +69,9 @@ def _from_data_uri(url: str, storage: Storage) -> Fetched:
 async def _download(url: str, storage: Storage, client: httpx.AsyncClient, max_bytes: int) -> Fetched:
     path = storage.temp_path()
     try:
-        async with client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise FetchError(f"Failed to download {url}: HTTP {response.status_code}")
-            size = 0
-            with path.open("wb") as f:
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    f.write(chunk)
-                    if size > max_bytes:
-                        raise FetchError(f"File at {url} is larger than {max_bytes} bytes", "file_too_large")
-    except httpx.HTTPError as exc:
-        path.unlink(missing_ok=True)
-        raise FetchError(f"Failed to download {url}: {exc.__class__.__name__}") from exc
-    except FetchError:
-        path.unlink(missing_ok=True)
-        raise
+        await stream_to_file(url, path, client=client, max_bytes=max_bytes)
+    except DownloadError as exc:
+        if exc.too_large:
+            raise _too_large(url, max_bytes) from exc
+        raise FetchError(f"Failed to download {url}: {exc}") from exc
     return Fetched(path, temporary=True)

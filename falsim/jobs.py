@@ -87,20 +87,22 @@ async def _probe(ctx: JobContext, path: Path) -> VideoProbe | JobResult:
 
 
 async def _image_errors(edit: EditInput, ctx: JobContext) -> list[FieldError]:
-    """Every reference image URL must be fetchable."""
+    """Every reference image URL must be fetchable (each distinct URL is fetched once)."""
     urls: list[tuple[list[str | int], str]] = [(["body", "image_urls", i], u) for i, u in enumerate(edit.image_urls)]
     for i, element in enumerate(edit.elements):
         urls.append((["body", "elements", i, "frontal_image_url"], element.frontal_image_url))
         urls += [
             (["body", "elements", i, "reference_image_urls", j], u) for j, u in enumerate(element.reference_image_urls)
         ]
-    errors = []
-    for loc, url in urls:
-        try:
-            (await fetch(url, storage=ctx.storage, client=ctx.http, max_bytes=MAX_IMAGE_BYTES)).discard()
-        except FetchError as exc:
-            errors.append(FieldError(loc=loc, msg=str(exc), type=exc.kind))
-    return errors
+    outcome: dict[str, FetchError | None] = {}
+    for _, url in urls:
+        if url not in outcome:
+            try:
+                (await fetch(url, storage=ctx.storage, client=ctx.http, max_bytes=MAX_IMAGE_BYTES)).discard()
+                outcome[url] = None
+            except FetchError as exc:
+                outcome[url] = exc
+    return [FieldError(loc=loc, msg=str(exc), type=exc.kind) for loc, url in urls if (exc := outcome[url])]
 
 
 async def _generate(
@@ -143,7 +145,13 @@ async def _render(
                 progress.update(total, total)
             else:
                 edit_video(
-                    src, tmp, prompt=edit.prompt, keep_audio=edit.keep_audio, progress=progress.update, cancel=cancel
+                    src,
+                    tmp,
+                    prompt=edit.prompt,
+                    keep_audio=edit.keep_audio,
+                    progress=progress.update,
+                    cancel=cancel,
+                    rotation=probe.rotation,
                 )
             duration = probe_video(tmp).duration_s
             slot, name = storage.new_slot("output.mp4", "video/mp4")

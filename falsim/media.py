@@ -50,9 +50,17 @@ class Grade:
 
 
 def edit_video(
-    src: Path, dst: Path, *, prompt: str, keep_audio: bool, progress: ProgressFn, cancel: threading.Event
+    src: Path,
+    dst: Path,
+    *,
+    prompt: str,
+    keep_audio: bool,
+    progress: ProgressFn,
+    cancel: threading.Event,
+    rotation: int = 0,
 ) -> None:
-    """Write the edited version of `src` to `dst` (mp4)."""
+    """Write the edited version of `src` to `dst` (mp4), carrying over its display `rotation`
+    (VideoProbe.rotation: what FFmpeg reports on decoded frames of phone clips)."""
     grade = Grade(prompt)
     with av.open(str(src)) as inp, av.open(str(dst), "w", format="mp4") as out:
         vin = inp.streams.video[0]
@@ -61,7 +69,6 @@ def edit_video(
         width, height = vin.codec_context.width // 2 * 2, vin.codec_context.height // 2 * 2
         vout = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "23"})
         vout.width, vout.height, vout.pix_fmt = width, height, "yuv420p"
-        rotation = _first_frame_rotation(src)
         if rotation:
             vout.set_display_rotation(rotation)
         aout = None
@@ -72,14 +79,6 @@ def edit_video(
         _encode_video(inp, vin, out, vout, grade, total, progress, cancel)
         if aout is not None:
             _encode_audio(src, out, aout)
-
-
-def _first_frame_rotation(src: Path) -> int:
-    """The display rotation FFmpeg reports on decoded frames (phone clips), to carry it over."""
-    with av.open(str(src)) as inp:
-        for frame in inp.decode(inp.streams.video[0]):
-            return int(getattr(frame, "rotation", 0) or 0)
-    return 0
 
 
 def _encode_video(inp, vin, out, vout, grade: Grade, total: int, progress: ProgressFn, cancel: threading.Event) -> None:

@@ -48,16 +48,23 @@ def status_body(rec: RequestRecord, base: str, position: int, *, with_logs: bool
     return body, 200
 
 
+def output_body(rec: RequestRecord, base: str) -> dict[str, Any] | None:
+    """The output JSON of a request that ended OK (None otherwise)."""
+    if rec.outcome is not Outcome.OK or rec.output is None:
+        return None
+    out = rec.output
+    video = FalFile(url=Storage.url(base, out.slot, out.name), file_name=out.name, file_size=out.size)
+    return EditOutput(video=video).model_dump()
+
+
 def result_response(rec: RequestRecord, base: str) -> Response:
     """The result: output JSON + x-fal-billable-units, or the request's error response."""
     headers = {"x-fal-request-id": rec.request_id}
     if rec.status != "COMPLETED":
         return JSONResponse({"detail": "Request is still in progress"}, 400, headers=headers)
-    if rec.outcome is Outcome.OK and rec.output is not None:
-        out = rec.output
-        video = FalFile(url=Storage.url(base, out.slot, out.name), file_name=out.name, file_size=out.size)
+    if (output := output_body(rec, base)) is not None:
         headers["x-fal-billable-units"] = str(rec.billed_seconds or 0)
-        return JSONResponse(EditOutput(video=video).model_dump(), 200, headers=headers)
+        return JSONResponse(output, 200, headers=headers)
     if rec.error_type:
         headers["x-fal-error-type"] = rec.error_type
     if rec.outcome is Outcome.TIMEOUT:

@@ -21,9 +21,6 @@ class DropConnection(Exception):
 class DropResponse(Response):
     """Sends headers and part of a body, then aborts the connection (a lost response)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = [(b"content-type", b"application/json"), (b"content-length", b"4096")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -19,11 +19,10 @@ from starlette.routing import Route
 
 from falsim.auth import key_from_header, key_id
 from falsim.models import Outcome, RequestRecord, utcnow
+from falsim.protocol import output_body
 from falsim.responses import unauthorized
 from falsim.routes_queue import base_url
 from falsim.state import SimState
-from falsim.storage import Storage
-from klingflow.endpoint import EditOutput, FalFile
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -102,11 +101,8 @@ def _output(rec: RequestRecord, base: str) -> Any:
     """The result body of a completed request (its error body if it failed)."""
     if rec.status != "COMPLETED":
         return None
-    if rec.outcome is Outcome.OK and rec.output is not None:
-        out = rec.output
-        video = FalFile(url=Storage.url(base, out.slot, out.name), file_name=out.name, file_size=out.size)
-        return EditOutput(video=video).model_dump()
-    return rec.error_body
+    output = output_body(rec, base)
+    return rec.error_body if output is None else output
 
 
 def history_item(rec: RequestRecord, base: str, *, payloads: bool) -> dict[str, Any]:

@@ -8,14 +8,14 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from klingflow.endpoint import (
-    MAX_REFERENCES,
+    MAX_DURATION_S,
     MAX_SIDE_PX,
-    MAX_VIDEO_BYTES,
     MIN_DURATION_S,
     MIN_SIDE_PX,
     EditInput,
+    dangling_reference_errors,
     duration_in_limits,
-    prompt_reference_errors,
+    reference_count_error,
     size_in_limits,
 )
 from klingflow.probe import VideoProbe
@@ -43,22 +43,15 @@ def reference_errors(edit: EditInput) -> list[FieldError]:
     """Too many references, or @ImageN/@ElementN/@Video1 in the prompt that point at nothing."""
     n_images, n_elements = len(edit.image_urls), len(edit.elements)
     errors = []
-    if n_images + n_elements > MAX_REFERENCES:
-        errors.append(
-            FieldError(
-                loc=["body", "image_urls"],
-                msg=f"At most {MAX_REFERENCES} reference images and elements in total; got {n_images + n_elements}",
-                type="too_many_references",
-            )
-        )
-    for reason in prompt_reference_errors(edit.prompt, has_video=True, n_images=n_images, n_elements=n_elements):
-        if "at most" not in reason:  # the count problem is reported above, on image_urls
-            errors.append(FieldError(loc=["body", "prompt"], msg=reason, type="invalid_prompt_reference"))
+    if count := reference_count_error(n_images, n_elements):
+        errors.append(FieldError(loc=["body", "image_urls"], msg=count, type="too_many_references"))
+    for reason in dangling_reference_errors(edit.prompt, has_video=True, n_images=n_images, n_elements=n_elements):
+        errors.append(FieldError(loc=["body", "prompt"], msg=reason, type="invalid_prompt_reference"))
     return errors
 
 
 def video_errors(probe: VideoProbe) -> list[FieldError]:
-    """Container, duration, displayed size and byte-size limits of the input video."""
+    """Container, duration and displayed-size limits of the input video (fetch enforces the byte limit)."""
     loc: list[str | int] = ["body", "video_url"]
     errors = []
     if not probe.is_mp4_family:
@@ -74,7 +67,8 @@ def video_errors(probe: VideoProbe) -> list[FieldError]:
         errors.append(
             FieldError(
                 loc=loc,
-                msg=f"Video duration must be 3-10 seconds, got {probe.duration_s:.2f} s",
+                msg=f"Video duration must be {MIN_DURATION_S:g}-{MAX_DURATION_S:g} seconds, "
+                f"got {probe.duration_s:.2f} s",
                 type="video_duration_too_short" if short else "video_duration_too_long",
             )
         )
@@ -86,9 +80,5 @@ def video_errors(probe: VideoProbe) -> list[FieldError]:
                 msg=f"Video width and height must be {MIN_SIDE_PX}-{MAX_SIDE_PX} px, got {probe.width}x{probe.height}",
                 type="video_resolution_too_low" if low else "video_resolution_too_high",
             )
-        )
-    if probe.size_bytes > MAX_VIDEO_BYTES:
-        errors.append(
-            FieldError(loc=loc, msg=f"Video is larger than 200MB ({probe.size_bytes} bytes)", type="file_too_large")
         )
     return errors

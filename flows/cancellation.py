@@ -42,7 +42,7 @@ async def cancel_outstanding_requests(flow: Any, flow_run: Any, state: Any) -> N
         mine = [e for e in ledger.entries() if e.run_id == run_id]
         outstanding = [e for e in mine if e.state == "submitted" and e.request_id]
         if outstanding:
-            with open_backend(params, logger) as session:
+            with open_backend(params, logger, kind=kind) as session:
                 for entry in outstanding:
                     await _cancel(entry, session.client, params.endpoint, ledger, logger)
         _log_billed(mine, logger)

@@ -27,6 +27,7 @@ from klingflow import events
 from klingflow.backend import BackendSession, choose_backend, open_backend
 from klingflow.budget import Budget
 from klingflow.concurrency import RequestSlots, ensure_global_limit
+from klingflow.endpoint import PRICE_PER_SECOND_USD
 from klingflow.identity import with_job_key
 from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
@@ -34,7 +35,7 @@ from klingflow.preprocess import PreprocessSettings
 from klingflow.request_ledger import RequestLedger
 from tasks.collect import PollSettings
 from tasks.preprocess import preprocess
-from tasks.report import ProgressTracker, report
+from tasks.report import ProgressTracker, ReportPaths, report
 from tasks.upload import UploadCache
 
 
@@ -78,7 +79,7 @@ async def edit_videos(params: EditParams) -> State:
             paths = await report(jobs, run_id=run_id, run_started_at=started, backend=f"{kind.value} (dry run)",
                                  endpoint=params.endpoint, report_dir=params.report_dir)
         else:
-            with open_backend(params, logger) as session:
+            with open_backend(params, logger, kind=kind) as session:
                 jobs = await edit_all(jobs, session, ledger, run_id, params)
                 paths = await report(jobs, run_id=run_id, run_started_at=started, backend=session.label,
                                      endpoint=params.endpoint, report_dir=params.report_dir)
@@ -111,7 +112,7 @@ async def announce_estimate(jobs: list[JobRecord], ledger: RequestLedger, params
     get_run_logger().info(text)
     await acreate_markdown_artifact(
         key="klingflow-estimate",
-        markdown=f"## Cost estimate\n\n{text}\n\nPrice: $0.336 per generated second.",
+        markdown=f"## Cost estimate\n\n{text}\n\nPrice: ${PRICE_PER_SECOND_USD} per generated second.",
         description="Estimated cost before anything was uploaded",
     )
     return total
@@ -156,16 +157,17 @@ async def edit_all(
         ctx.uploads.close()
 
 
-def summarize(run_id: str, jobs: list[JobRecord], estimated: float, paths) -> RunSummary:
-    """Counts and totals of a finished run (`paths` is tasks.report's result)."""
+def summarize(run_id: str, jobs: list[JobRecord], estimated: float, paths: ReportPaths) -> RunSummary:
+    """The report's totals for the run, plus each job's status (failed = failed, cancelled, skipped_budget)."""
+    totals = paths.totals
     return RunSummary(
         run_id=run_id,
-        jobs=len(jobs),
-        succeeded=sum(j.status == "succeeded" for j in jobs),
-        failed=sum(j.status not in ("succeeded", "dry_run") for j in jobs),
+        jobs=totals.jobs,
+        succeeded=totals.succeeded,
+        failed=totals.failed,
         estimated_usd=estimated,
-        cost_usd=round(sum(j.cost_usd or 0.0 for j in jobs if not j.reused), 4),
-        report_path=str(getattr(paths, "parquet_path", "") or "") or None,
-        html_path=str(getattr(paths, "html_path", "") or "") or None,
+        cost_usd=round(totals.cost_usd, 4),
+        report_path=str(paths.parquet_path),
+        html_path=str(paths.html_path) if paths.html_path else None,
         statuses={j.job_id: j.status for j in jobs},
     )

@@ -50,6 +50,8 @@ InboxParams = create_model(
     },
 )
 
+_INBOX_ONLY = set(InboxParams.model_fields) - set(EditParams.model_fields)  # inbox, settle_s
+
 
 class ManifestOutcome(BaseModel):
     """What happened to one inbox manifest (also written as its `.result.json` sidecar)."""
@@ -111,7 +113,7 @@ async def run_manifest(claimed: Path, name: str, params: Any) -> ManifestOutcome
     """Run `edit_videos` as a subflow on a claimed manifest and file it by the outcome."""
     summary: RunSummary | None = None
     try:
-        edit = EditParams(manifest=str(claimed), **params.model_dump(exclude={"inbox", "settle_s"}))
+        edit = EditParams(manifest=str(claimed), **params.model_dump(exclude=_INBOX_ONLY))
         state = await edit_videos(edit, return_state=True)
         result = await state.aresult(raise_on_failure=False)
         summary = result if isinstance(result, RunSummary) else None

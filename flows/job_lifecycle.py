@@ -26,7 +26,7 @@ from klingflow.backend import BackendSession
 from klingflow.budget import Budget
 from klingflow.concurrency import RequestSlots
 from klingflow.hashing import sha256_file
-from klingflow.models import EditParams, JobRecord
+from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, EditParams, JobRecord
 from klingflow.request_history import HistoryUnavailable, find_request, payload_sha256
 from klingflow.request_ledger import LedgerEntry, RequestLedger
 from tasks.collect import UNREACHABLE_STAGE, PollSettings, collect, download
@@ -132,8 +132,7 @@ async def _resume(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRec
     if entry.state == "completed" and entry.output_url:
         job = _with_result(job, entry)
         if entry.billed_in_run:  # that run's report already counts the bill: this one must not
-            job = job.model_copy(update={"reused": True, "cost_usd": 0.0, "billed_seconds": 0.0,
-                                         "cost_source": "reused"})
+            job = _as_reused(job)
     else:
         async with ctx.slots.hold():
             job = await _collect(job, ctx)
@@ -143,48 +142,28 @@ async def _resume(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRec
 
 async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
     """A result already paid for: point at its output (downloading it again if the file is gone)."""
+    job = _as_reused(_with_result(job.model_copy(update={"request_id": entry.request_id}), entry, OUTPUT_FIELDS))
     path = Path(entry.output_path) if entry.output_path else None
     if path is not None and path.is_file() and await asyncio.to_thread(sha256_file, path) == entry.output_sha256:
-        return _reused(job, entry, path)
-    job = _with_result(job.model_copy(update={"request_id": entry.request_id}), entry)
-    job = await _guarded(job, "download", download(job, ctx.params.output_dir))
+        return job.model_copy(update={"status": "succeeded"})
+    job = await _download(job, ctx)
     if job.status != "succeeded":
         return job.fail(
             "download",
             f"{job.error} — this result was paid for (request {entry.request_id}) but its output is gone; "
             "re-run with force=true to pay for it again",
         )
-    ctx.ledger.update(job.job_key, output_path=job.output_path, output_sha256=job.output_sha256)
-    return job.model_copy(update={"reused": True, "cost_usd": 0.0, "billed_seconds": 0.0, "cost_source": "reused"})
+    return job
 
 
-def _reused(job: JobRecord, entry: LedgerEntry, path: Path) -> JobRecord:
-    return job.model_copy(
-        update={
-            "status": "succeeded",
-            "reused": True,
-            "request_id": entry.request_id,
-            "output_url": entry.output_url,
-            "output_path": str(path),
-            "output_sha256": entry.output_sha256,
-            "output_bytes": entry.output_bytes,
-            "output_duration_s": entry.output_duration_s,
-            "billed_seconds": 0.0,
-            "cost_usd": 0.0,
-            "cost_source": "reused",
-        }
-    )
+def _with_result(job: JobRecord, entry: LedgerEntry, fields: frozenset[str] = BILL_FIELDS) -> JobRecord:
+    """The job with what the ledger knows of its paid result (the bill, and with OUTPUT_FIELDS the output)."""
+    return job.model_copy(update=entry.model_dump(include=fields | BILL_FIELDS))
 
 
-def _with_result(job: JobRecord, entry: LedgerEntry) -> JobRecord:
-    return job.model_copy(
-        update={
-            "output_url": entry.output_url,
-            "billed_seconds": entry.billed_seconds,
-            "cost_usd": entry.cost_usd,
-            "cost_source": entry.cost_source or "none",
-        }
-    )
+def _as_reused(job: JobRecord) -> JobRecord:
+    """Paid for by an earlier run, whose report carries the bill: this run's row costs nothing."""
+    return job.model_copy(update={"reused": True, "billed_seconds": 0.0, "cost_usd": 0.0, "cost_source": "reused"})
 
 
 async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
@@ -195,14 +174,7 @@ async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
         await asyncio.shield(_cancel_at_fal(job, ctx))
         raise
     if job.output_url:
-        ctx.ledger.update(
-            job.job_key,
-            state="completed",
-            output_url=job.output_url,
-            billed_seconds=job.billed_seconds,
-            cost_usd=job.cost_usd,
-            cost_source=job.cost_source,
-        )
+        ctx.ledger.update(job.job_key, state="completed", **job.model_dump(include=BILL_FIELDS))
     # When fal was not reached (collect-unreachable) the entry stays "submitted": the next run resumes it.
     elif job.status in ("failed", "cancelled") and job.error_stage != UNREACHABLE_STAGE:
         ctx.ledger.update(job.job_key, state="cancelled" if job.status == "cancelled" else "failed", error=job.error)
@@ -217,14 +189,7 @@ async def _download(job: JobRecord, ctx: RunContext) -> JobRecord:
         if not job.reused:  # this run's report carries the bill; a later run that downloads it must not
             ctx.ledger.update(job.job_key, billed_in_run=ctx.run_id)
         return job
-    ctx.ledger.update(
-        job.job_key,
-        state="succeeded",
-        output_path=job.output_path,
-        output_sha256=job.output_sha256,
-        output_bytes=job.output_bytes,
-        output_duration_s=job.output_duration_s,
-    )
+    ctx.ledger.update(job.job_key, state="succeeded", **job.model_dump(include=OUTPUT_FIELDS))
     return job
 
 

@@ -48,10 +48,10 @@ class BackendSession:
         """The report's `backend` column (never includes the key)."""
         return "fal" if self.kind is Backend.fal else f"simulator ({self.base_url})"
 
-    @property
-    def key_fingerprint(self) -> str:
-        """A short, non-reversible id of the key, safe to log."""
-        return hashlib.sha256(self.key.encode()).hexdigest()[:8]
+
+def key_fingerprint(key: str) -> str:
+    """A short, non-reversible id of a key, safe to log."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
 def resolve_fal_key() -> str | None:
@@ -83,9 +83,11 @@ def choose_backend(requested: Backend, logger: logging.Logger | logging.LoggerAd
 
 
 @contextmanager
-def open_backend(params: EditParams, logger: logging.Logger | logging.LoggerAdapter = log) -> Iterator[BackendSession]:
-    """Point fal_client at the chosen backend for the duration of a run."""
-    kind = choose_backend(params.backend, logger)
+def open_backend(
+    params: EditParams, logger: logging.Logger | logging.LoggerAdapter = log, *, kind: Backend | None = None
+) -> Iterator[BackendSession]:
+    """Point fal_client at the backend for the duration of a run (`kind`: already chosen by the caller)."""
+    kind = kind or choose_backend(params.backend, logger)
     if kind is Backend.fal:
         key = resolve_fal_key()
         if not key:

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from klingflow.models import Backend, EditParams, TooLongPolicy
+from klingflow.models import AspectPolicy, Backend, EditParams, TooLongPolicy, TooShortPolicy
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -65,10 +65,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help=fields["poll_max_interval_s"].description)
     parser.add_argument("--too-long", choices=[p.value for p in TooLongPolicy], default=TooLongPolicy.trim.value,
                         help=fields["too_long"].description)
-    parser.add_argument("--too-short", choices=["reject", "pad"], default="reject",
+    parser.add_argument("--too-short", choices=[p.value for p in TooShortPolicy], default=TooShortPolicy.reject.value,
                         help=fields["too_short"].description)
-    parser.add_argument("--extreme-aspect", choices=["reject", "pad"], default="reject",
-                        help=fields["extreme_aspect"].description)
+    parser.add_argument("--extreme-aspect", choices=[p.value for p in AspectPolicy],
+                        default=AspectPolicy.reject.value, help=fields["extreme_aspect"].description)
     parser.add_argument("--max-budget", type=float, default=None, help=fields["max_budget_usd"].description)
     parser.add_argument("--dry-run", action="store_true", help=fields["dry_run"].description)
     parser.add_argument("--force", action="store_true", help=fields["force"].description)

@@ -85,21 +85,32 @@ class EditOutput(BaseModel):
 
 
 def prompt_reference_errors(prompt: str, *, has_video: bool, n_images: int, n_elements: int) -> list[str]:
-    """Why a prompt's @Video/@Image/@Element references do not match what is given (empty if fine)."""
-    errors: list[str] = []
-    if not prompt.strip():
-        errors.append("prompt is empty")
-    if n_images + n_elements > MAX_REFERENCES:
-        errors.append(
-            f"{n_images} image(s) + {n_elements} element(s) = {n_images + n_elements}; "
-            f"the endpoint takes at most {MAX_REFERENCES} in total"
-        )
+    """Every problem with a prompt and its references: empty, too many references, dangling ones."""
+    count = reference_count_error(n_images, n_elements)
+    empty = [] if prompt.strip() else ["prompt is empty"]
+    return empty + ([count] if count else []) + dangling_reference_errors(
+        prompt, has_video=has_video, n_images=n_images, n_elements=n_elements
+    )
+
+
+def reference_count_error(n_images: int, n_elements: int) -> str | None:
+    """Why images + elements are too many for the endpoint, or None."""
+    if n_images + n_elements <= MAX_REFERENCES:
+        return None
+    return (
+        f"{n_images} image(s) + {n_elements} element(s) = {n_images + n_elements}; "
+        f"the endpoint takes at most {MAX_REFERENCES} in total"
+    )
+
+
+def dangling_reference_errors(prompt: str, *, has_video: bool, n_images: int, n_elements: int) -> list[str]:
+    """@Video1 / @ImageN / @ElementN in the prompt that point at nothing given."""
     available = {"Video": 1 if has_video else 0, "Image": n_images, "Element": n_elements}
-    for kind, number in sorted({(m.group(1), int(m.group(2))) for m in PROMPT_REFERENCE.finditer(prompt)}):
-        if not 1 <= number <= available[kind]:
-            given = available[kind]
-            errors.append(f"prompt refers to @{kind}{number} but {given} {kind.lower()}(s) are given")
-    return errors
+    return [
+        f"prompt refers to @{kind}{number} but {available[kind]} {kind.lower()}(s) are given"
+        for kind, number in sorted({(m.group(1), int(m.group(2))) for m in PROMPT_REFERENCE.finditer(prompt)})
+        if not 1 <= number <= available[kind]
+    ]
 
 
 def duration_in_limits(duration_s: float) -> bool:

@@ -13,16 +13,13 @@ class ManifestError(KlingflowError):
 
 
 class JobError(KlingflowError):
-    """One job cannot go on; the rest of the batch does.
+    """One job cannot go on; the rest of the batch does. The message names the row, the file and the reason
+    (the stage it stopped at is the job record's `error_stage`)."""
 
-    `stage` says where it stopped (preprocess, upload, submit, collect), `path` which file was at fault.
-    """
-
-    def __init__(self, reason: str, *, job_id: str | None = None, path: str | None = None, stage: str = "") -> None:
+    def __init__(self, reason: str, *, job_id: str | None = None, path: str | None = None) -> None:
         self.reason = reason
         self.job_id = job_id
         self.path = path
-        self.stage = stage
         super().__init__(self.message)
 
     @property

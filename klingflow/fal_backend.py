@@ -40,11 +40,6 @@ def point_fal_client_at_fal() -> None:
         setattr(_fc, name, value)
 
 
-def current_queue_base() -> str:
-    """The queue base URL fal_client will use now (for logs and the report's `backend` column)."""
-    return _fc.QUEUE_URL_FORMAT.rstrip("/")
-
-
 def _bypass_proxy_for_loopback() -> None:
     """httpx honours HTTP(S)_PROXY and does not exempt loopback by itself."""
     for var in ("NO_PROXY", "no_proxy"):

@@ -131,7 +131,7 @@ def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
 
 def _failed_row(index: int, reason: str, manifest: Path, job_id: str | None = None) -> JobRecord:
     job_id = job_id or f"row-{index:04d}"
-    error = JobError(reason, job_id=f"{index} ({job_id})", path=str(manifest), stage="manifest").message
+    error = JobError(reason, job_id=f"{index} ({job_id})", path=str(manifest)).message
     return JobRecord(job_id=job_id, row=index, prompt="", video="").fail("manifest", error)
 
 

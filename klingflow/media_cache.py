@@ -8,6 +8,7 @@ recorded size and sha256.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -32,6 +33,7 @@ class TranscodeCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = private_dir(Path(directory))
+        self._index = open_json_cache(self.directory)  # thread-safe; kept open for the process
 
     @staticmethod
     def key(source_sha256: str, settings_digest: str) -> str:
@@ -40,17 +42,21 @@ class TranscodeCache:
     def get(self, source_sha256: str, settings_digest: str) -> CacheEntry | None:
         """The cached entry if its file is still there, unchanged; else None (and the entry is dropped)."""
         key = self.key(source_sha256, settings_digest)
-        with open_json_cache(self.directory) as index:
-            raw = index.get(key)
-            if raw is None:
-                return None
-            entry = CacheEntry.model_validate(raw)
-            path = Path(entry.path)
-            if path.is_file() and path.stat().st_size == entry.size_bytes and sha256_file(path) == entry.sha256:
-                return entry
-            index.delete(key)
+        raw = self._index.get(key)
+        if raw is None:
             return None
+        entry = CacheEntry.model_validate(raw)
+        path = Path(entry.path)
+        if path.is_file() and path.stat().st_size == entry.size_bytes and sha256_file(path) == entry.sha256:
+            return entry
+        self._index.delete(key)
+        return None
 
     def put(self, source_sha256: str, settings_digest: str, entry: CacheEntry) -> None:
-        with open_json_cache(self.directory) as index:
-            index.set(self.key(source_sha256, settings_digest), entry.model_dump(mode="json"))
+        self._index.set(self.key(source_sha256, settings_digest), entry.model_dump(mode="json"))
+
+
+@functools.lru_cache(maxsize=16)
+def transcode_cache(directory: str) -> TranscodeCache:
+    """The process's one TranscodeCache for `directory` (the index is opened once, not per job)."""
+    return TranscodeCache(directory)

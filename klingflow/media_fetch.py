@@ -3,16 +3,17 @@ into the work dir (atomically, with a byte ceiling) so preprocessing can probe a
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
 
+from klingflow.download import DownloadError, stream_to_file
 from klingflow.errors import MediaError
-
-CHUNK = 1 << 20
 
 
 def is_url(location: str) -> bool:
@@ -31,30 +32,29 @@ def check_local(path: str) -> Path:
     return p
 
 
+def part_path(out: Path, suffix: str = "") -> Path:
+    """A temporary sibling of `out`, unique per process and thread, to write and then rename."""
+    return out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.part{suffix}")
+
+
+async def _fetch(url: str, path: Path, timeout_s: float, max_bytes: int) -> None:
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+        await stream_to_file(url, path, client=client, max_bytes=max_bytes)
+
+
 def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> Path:
-    """Stream a URL to dest_dir, named by the URL's hash and keeping its extension."""
+    """Stream a URL to dest_dir, named by the URL's hash and keeping its extension.
+
+    Runs its own event loop: preprocessing calls this from worker threads that have none.
+    """
     dest_dir.mkdir(parents=True, exist_ok=True)
     suffix = Path(urlparse(url).path).suffix.lower()[:8]
     out = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.part")
+    tmp = part_path(out)
     try:
-        with httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as resp:
-            resp.raise_for_status()
-            written = 0
-            with open(tmp, "wb") as fh:
-                for chunk in resp.iter_bytes(CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise MediaError(f"download is larger than {max_bytes} bytes")
-                    fh.write(chunk)
-    except httpx.HTTPStatusError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"download failed: HTTP {exc.response.status_code}") from exc
-    except httpx.HTTPError as exc:
-        tmp.unlink(missing_ok=True)
-        raise MediaError(f"download failed: {exc.__class__.__name__}: {exc}") from exc
-    except MediaError:
-        tmp.unlink(missing_ok=True)
-        raise
+        asyncio.run(_fetch(url, tmp, timeout_s, max_bytes))  # removes tmp on any failure
+    except DownloadError as exc:
+        reason = f"is larger than {max_bytes} bytes" if exc.too_large else f"failed: {exc}"
+        raise MediaError(f"download {reason}") from exc
     tmp.replace(out)
     return out

@@ -7,16 +7,16 @@ Why a subprocess for every transform, and PyAV only for probing:
   in and removed), `-fps_mode cfr`, audio resampling/re-timing, `tpad`/`apad`, `+faststart`.
 - A process can be killed on timeout and its memory is returned; libx264 (GPL) runs outside
   our process.
-Measured (bench/bench_preprocess.py, 2 vCPU, 10 s 1080p30, veryfast): the same re-encode runs at
-2.0x real time in PyAV and 1.7x through the CLI (medium: 0.64x vs 0.71x), process start ~10 ms;
-speed is a wash, so features and isolation decide. HDR tone mapping (zscale, float RGB) runs at
-0.5x real time and dominates; remux and trim by stream copy take ~0.1 s.
+Measured (bench/bench_preprocess.py, 2 vCPU, 10 s 1080p30, veryfast, one run): the same video-only
+re-encode runs at 1.97x real time in PyAV and 1.46x through the CLI, process start ~10 ms. The
+CLI is slower by about a quarter; features, one transform path and isolation outweigh that. HDR
+tone mapping (zscale, float RGB) runs at 0.59x real time and dominates; remux and trim by stream
+copy take under 0.1 s.
 """
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import imageio_ffmpeg
 
@@ -28,7 +28,7 @@ _ZSCALE_TRANSFER = {16: "smpte2084", 18: "arib-std-b67"}
 
 
 def ffmpeg_exe() -> str:
-    """Path of the bundled static ffmpeg (never a system one)."""
+    """Path of imageio-ffmpeg's bundled static ffmpeg (its lookup is cached; IMAGEIO_FFMPEG_EXE overrides)."""
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -90,13 +90,12 @@ def ffmpeg_args(
 
 
 def run_ffmpeg(args: list[str], *, timeout_s: float) -> None:
-    """Run ffmpeg; MediaError with the tail of its stderr if it fails or overruns."""
+    """Run ffmpeg; MediaError with the tail of its stderr if it fails or overruns (the caller removes
+    the partial output)."""
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
-        Path(args[-1]).unlink(missing_ok=True)
         raise MediaError(f"ffmpeg took longer than {timeout_s:g} s") from exc
     if done.returncode != 0:
-        Path(args[-1]).unlink(missing_ok=True)
-        tail = " | ".join(line for line in done.stderr.strip().splitlines()[-3:])
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
         raise MediaError(f"ffmpeg failed (exit {done.returncode}): {tail or 'no message'}")

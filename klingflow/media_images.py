@@ -16,11 +16,11 @@ from pydantic import BaseModel
 
 from klingflow.endpoint import IMAGE_FORMATS, MAX_IMAGE_ASPECT, MAX_IMAGE_BYTES, MIN_IMAGE_SIDE_PX
 from klingflow.errors import MediaError
+from klingflow.media_fetch import part_path
 
 IMAGE_VERSION = "1"
 _EXTENSIONS = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "WEBP": {".webp"}}
 _ORIENTATION_TAG = 0x0112
-# Pillow refuses images above ~179 Mpx as decompression bombs; keep that guard.
 
 
 class ImageProbe(BaseModel):
@@ -49,6 +49,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageProbe:
             img.load()
             w, h = img.size
             fmt, mode = img.format, img.mode
+    # DecompressionBombError: Pillow refuses images above ~179 Mpx; that guard is kept.
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
         raise MediaError(f"not a readable image ({exc.__class__.__name__}: {exc})") from exc
     swapped = orientation in (5, 6, 7, 8)
@@ -113,7 +114,7 @@ def normalize_image(probe: ImageProbe, out_dir: Path, stem: str) -> Path:
         img = img.resize(size, Image.Resampling.LANCZOS)
         data = _encode(img, fmt)
     out = out_dir / f"{stem}-v{IMAGE_VERSION}{'.png' if fmt == 'PNG' else '.jpg'}"
-    tmp = out.with_name(out.name + f".{os.getpid()}.part")
+    tmp = part_path(out)
     tmp.write_bytes(data)
     tmp.replace(out)
     return out

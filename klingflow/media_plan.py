@@ -8,8 +8,6 @@ rotation, size, frame rate, bytes). Rejections raise MediaError with a plain rea
 
 from __future__ import annotations
 
-import enum
-import math
 from pathlib import Path
 from typing import Literal
 
@@ -29,10 +27,9 @@ from klingflow.endpoint import (
     size_in_limits,
 )
 from klingflow.errors import MediaError
-from klingflow.models import TooLongPolicy
+from klingflow.models import AspectPolicy, TooLongPolicy, TooShortPolicy
 from klingflow.probe import VideoProbe
 
-# 23.976 fps (NTSC film) is "24 fps" to every player; the endpoint's 24..60 is read with this slack.
 # Pixel formats a passthrough H.264 stream may have (8-bit 4:2:0; yuvj420p is full-range 4:2:0).
 PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
 # Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
@@ -40,20 +37,6 @@ COPYABLE_AUDIO = frozenset({"aac", "mp3"})
 BT2020_PRIMARIES = 9
 # Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
 REMUX_TRIM_FRAMES = 3
-
-
-class TooShortPolicy(enum.StrEnum):
-    """Clips under 3 s: reject (default; padding changes content and is billed), or freeze the last frame."""
-
-    reject = "reject"
-    pad = "pad"
-
-
-class AspectPolicy(enum.StrEnum):
-    """Aspect ratios beyond 3:1 cannot have both sides in 720..2160: reject (default), or add black bars."""
-
-    reject = "reject"
-    pad = "pad"
 
 
 class PlanOptions(BaseModel):
@@ -156,20 +139,14 @@ def _size_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[tuple[int, int] | 
     return fitted, None, ["even_dims"] if odd_only else ["scale"]
 
 
-def _video_ok(probe: VideoProbe, opts: PlanOptions) -> bool:
-    """Whether the video stream can be stream-copied as it is (codec, pixels, timing, size)."""
+def _picture_ok(probe: VideoProbe, opts: PlanOptions) -> bool:
+    """Whether the coded picture can be stream-copied (timing and size are judged by their own plans)."""
     return (
         probe.video_codec in opts.passthrough_codecs
-        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS
-        and probe.bit_depth == 8
+        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 only
         and not probe.is_hdr
         and probe.color_primaries != BT2020_PRIMARIES
         and probe.rotation % 360 == 0
-        and not probe.is_vfr
-        and fps_in_limits(probe.fps or probe.base_fps)
-        and size_in_limits(probe.width, probe.height)
-        and probe.width % 2 == 0
-        and probe.height % 2 == 0
     )
 
 
@@ -202,7 +179,7 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     fps = target_fps(probe)
     over_bytes = probe.size_bytes * (duration / max(probe.duration_s, 0.001)) > opts.max_video_bytes
     width, height = box or scale or (probe.width, probe.height)
-    video_ok = _video_ok(probe, opts) and not force_transcode
+    video_ok = _picture_ok(probe, opts) and fps is None and not size_actions and not force_transcode
 
     if video_ok and not freeze_to_s and not over_bytes:
         audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
@@ -225,7 +202,7 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         actions.append("cfr" if probe.is_vfr else "fps")
     if probe.is_hdr:
         actions.append("tonemap")
-    elif probe.bit_depth != 8 or probe.pix_fmt not in PASSTHROUGH_PIX_FMTS:
+    elif probe.pix_fmt not in PASSTHROUGH_PIX_FMTS:
         actions.append("pix_fmt")
     max_kbps = video_budget_kbps(duration, audio != "none", opts)
     source_kbps = probe.size_bytes * 8 / max(probe.duration_s, 0.001) / 1000
@@ -248,19 +225,18 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     )
 
 
-def endpoint_problems(probe: VideoProbe) -> list[str]:
-    """Why a finished output would still be refused by the endpoint (empty when it complies)."""
+def endpoint_problems(probe: VideoProbe, *, max_bytes: int = MAX_VIDEO_BYTES) -> list[str]:
+    """Why a finished output would still be refused by the endpoint, or exceeds `max_bytes` (empty when fine)."""
     problems = []
+    fps = probe.fps or probe.base_fps
     if not probe.is_mp4_family:
         problems.append(f"container {probe.container}")
     if not duration_in_limits(probe.duration_s):
         problems.append(f"duration {probe.duration_s:.2f} s")
     if not size_in_limits(probe.width, probe.height):
         problems.append(f"size {probe.width}x{probe.height}")
-    if probe.size_bytes > MAX_VIDEO_BYTES:
-        problems.append(f"{probe.size_bytes} bytes")
-    if not fps_in_limits(probe.fps or probe.base_fps):
-        problems.append(f"{probe.fps:.2f} fps")
-    if math.isnan(probe.duration_s):
-        problems.append("no duration")
+    if probe.size_bytes > max_bytes:
+        problems.append(f"{probe.size_bytes} bytes > {max_bytes}")
+    if not fps_in_limits(fps):
+        problems.append(f"{fps:.2f} fps")
     return problems

@@ -49,8 +49,24 @@ class Backend(enum.StrEnum):
 
 
 class TooLongPolicy(enum.StrEnum):
+    """Clips over 10 s: trim to 10 s (default), or reject."""
+
     trim = "trim"
     reject = "reject"
+
+
+class TooShortPolicy(enum.StrEnum):
+    """Clips under 3 s: reject (default; padding changes content and is billed), or freeze the last frame."""
+
+    reject = "reject"
+    pad = "pad"
+
+
+class AspectPolicy(enum.StrEnum):
+    """Aspect ratios beyond 3:1 cannot have both sides in 720..2160: reject (default), or add black bars."""
+
+    reject = "reject"
+    pad = "pad"
 
 
 class EditParams(BaseModel):
@@ -70,11 +86,11 @@ class EditParams(BaseModel):
     poll_interval_s: float = Field(5.0, gt=0, description="First status poll interval; grows to poll_max_interval_s")
     poll_max_interval_s: float = Field(30.0, gt=0, description="Longest wait between two status polls")
     too_long: TooLongPolicy = Field(TooLongPolicy.trim, description="Clips over 10 s: trim to 10 s, or reject")
-    too_short: Literal["reject", "pad"] = Field(
-        "reject", description="Clips under 3 s: reject, or pad by freezing the last frame (billed as 3 s)"
+    too_short: TooShortPolicy = Field(
+        TooShortPolicy.reject, description="Clips under 3 s: reject, or pad by freezing the last frame (billed as 3 s)"
     )
-    extreme_aspect: Literal["reject", "pad"] = Field(
-        "reject", description="Aspect ratios beyond 3:1 (cannot fit 720-2160 px): reject, or letterbox"
+    extreme_aspect: AspectPolicy = Field(
+        AspectPolicy.reject, description="Aspect ratios beyond 3:1 (cannot fit 720-2160 px): reject, or letterbox"
     )
     max_budget_usd: float | None = Field(None, ge=0, description="Hard cap on this run's spend; None = no cap")
     dry_run: bool = Field(False, description="Validate, preprocess and estimate; submit nothing")
@@ -87,9 +103,28 @@ class EditParams(BaseModel):
 
 
 JobStatus = Literal["pending", "succeeded", "failed", "cancelled", "skipped_budget", "dry_run"]
+CostSource = Literal["header", "estimate", "reused", "none"]
 
 
-class JobRecord(BaseModel):
+class PaidResult(BaseModel):
+    """What a request bought: its output and its bill. The job record carries it through a run and the
+    request ledger keeps it across runs, so a later run can reuse or resume it without paying again."""
+
+    output_url: str | None = None
+    output_path: str | None = None
+    output_sha256: str | None = None
+    output_bytes: int | None = None
+    output_duration_s: float | None = None
+    billed_seconds: float | None = None
+    cost_usd: float | None = None
+    cost_source: CostSource = "none"
+
+
+BILL_FIELDS = frozenset({"output_url", "billed_seconds", "cost_usd", "cost_source"})  # known once fal is done
+OUTPUT_FIELDS = frozenset(PaidResult.model_fields) - BILL_FIELDS  # known once the output is downloaded
+
+
+class JobRecord(PaidResult):
     """One job as it moves through the stages; each stage returns an updated copy.
 
     A job that failed keeps `status="failed"` with `error` and `error_stage`; later stages pass it through.
@@ -137,14 +172,6 @@ class JobRecord(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     status_polls: int = 0
-    output_url: str | None = None
-    output_path: str | None = None
-    output_sha256: str | None = None
-    output_bytes: int | None = None
-    output_duration_s: float | None = None
-    billed_seconds: float | None = None
-    cost_usd: float | None = None
-    cost_source: Literal["header", "estimate", "reused", "none"] = "none"
     reused: bool = False
 
     @property

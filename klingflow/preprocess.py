@@ -22,11 +22,11 @@ Policies (PreprocessSettings, defaults and why):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-import os
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,12 +35,12 @@ from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, cost_usd, prom
 from klingflow.errors import JobError, MediaError
 from klingflow.hashing import sha256_file
 from klingflow.jsoncache import private_dir
-from klingflow.media_cache import CacheEntry, TranscodeCache
-from klingflow.media_fetch import check_local, download, is_url
+from klingflow.media_cache import CacheEntry, transcode_cache
+from klingflow.media_fetch import check_local, download, is_url, part_path
 from klingflow.media_ffmpeg import ffmpeg_args, run_ffmpeg
 from klingflow.media_images import image_fixes, image_problems, normalize_image, probe_image
-from klingflow.media_plan import AspectPolicy, Plan, PlanOptions, TooShortPolicy, endpoint_problems, plan_video
-from klingflow.models import EditParams, ElementSpec, JobRecord, TooLongPolicy
+from klingflow.media_plan import Plan, PlanOptions, endpoint_problems, plan_video
+from klingflow.models import AspectPolicy, EditParams, ElementSpec, JobRecord, TooLongPolicy, TooShortPolicy
 from klingflow.probe import VideoProbe, probe_video
 
 __all__ = [
@@ -82,8 +82,8 @@ class PreprocessSettings(BaseModel):
         return cls(
             work_dir=str(Path(params.state_dir).expanduser() / "preprocessed"),
             too_long=params.too_long,
-            too_short=TooShortPolicy(params.too_short),
-            extreme_aspect=AspectPolicy(params.extreme_aspect),
+            too_short=params.too_short,
+            extreme_aspect=params.extreme_aspect,
         )
 
     def plan_options(self, keep_audio: bool) -> PlanOptions:
@@ -110,7 +110,18 @@ class PreparedVideo(BaseModel):
 
 
 def _job_error(record: JobRecord, reason: str, path: str | None = None) -> JobError:
-    return JobError(reason, job_id=f"{record.row} (job {record.job_id})", path=path, stage=STAGE)
+    return JobError(reason, job_id=f"{record.row} (job {record.job_id})", path=path)
+
+
+@contextlib.contextmanager
+def _as_job_error(record: JobRecord, path: str | None) -> Iterator[None]:
+    """Turn a MediaError, or an OSError (permission, disk full, vanished file), into this job's error."""
+    try:
+        yield
+    except MediaError as exc:
+        raise _job_error(record, str(exc), path) from exc
+    except OSError as exc:
+        raise _job_error(record, f"{exc.__class__.__name__}: {exc.strerror or exc}", path) from exc
 
 
 def _localize(location: str, settings: PreprocessSettings, kind: str) -> Path:
@@ -139,14 +150,14 @@ def prepare_image(location: str, settings: PreprocessSettings) -> tuple[str, lis
 
 def _prepare_images(record: JobRecord, settings: PreprocessSettings) -> tuple[list[str], list[ElementSpec], list]:
     actions: list[str] = []
+    done: dict[str, str] = {}  # an image used twice in a job is checked once
 
     def one(location: str) -> str:
-        try:
-            path, fixes = prepare_image(location, settings)
-        except MediaError as exc:
-            raise _job_error(record, str(exc), location) from exc
-        actions.extend(f for f in fixes if f not in actions)
-        return path
+        if location not in done:
+            with _as_job_error(record, location):
+                done[location], fixes = prepare_image(location, settings)
+            actions.extend(f for f in fixes if f not in actions)
+        return done[location]
 
     images = [one(loc) for loc in record.images]
     elements = [
@@ -164,7 +175,7 @@ def _output_path(settings: PreprocessSettings, source_sha: str, digest: str) -> 
 
 def _run_plan(src: Path, probe: VideoProbe, plan: Plan, settings: PreprocessSettings, out: Path) -> VideoProbe:
     """Write the plan's output to `out` atomically and return its probe; MediaError if it does not comply."""
-    tmp = out.with_name(f"{out.stem}.{os.getpid()}-{threading.get_ident()}.part.mp4")
+    tmp = part_path(out, ".mp4")
     args = ffmpeg_args(
         str(src),
         str(tmp),
@@ -177,9 +188,7 @@ def _run_plan(src: Path, probe: VideoProbe, plan: Plan, settings: PreprocessSett
     try:
         run_ffmpeg(args, timeout_s=settings.transcode_timeout_s)
         result = probe_video(tmp)
-        problems = endpoint_problems(result)
-        if result.size_bytes > settings.max_video_bytes:
-            problems.append(f"{result.size_bytes} bytes > {settings.max_video_bytes}")
+        problems = endpoint_problems(result, max_bytes=settings.max_video_bytes)
         if problems:
             raise MediaError(f"{plan.mode} output still out of limits: {', '.join(problems)}")
     except MediaError:
@@ -197,7 +206,7 @@ def _normalize(
     if plan.mode == "passthrough":
         return PreparedVideo(path=str(src), sha256=source_sha, probe=probe, actions=plan.actions)
     digest = settings.digest(record.keep_audio)
-    cache = TranscodeCache(Path(settings.work_dir) / "index")
+    cache = transcode_cache(str(Path(settings.work_dir) / "index"))
     hit = cache.get(source_sha, digest)
     if hit is not None:
         cached = VideoProbe.model_validate(hit.probe)
@@ -225,15 +234,11 @@ def _normalize(
 def _prepare_video(record: JobRecord, settings: PreprocessSettings) -> tuple[VideoProbe, str, PreparedVideo]:
     if not record.video:
         raise _job_error(record, "no video given (the endpoint requires one)")
-    try:
+    with _as_job_error(record, record.video):
         src = _localize(record.video, settings, "videos")
         probe = probe_video(src)
         source_sha = sha256_file(src)
         prepared = _normalize(src, probe, source_sha, record, settings)
-    except MediaError as exc:
-        raise _job_error(record, str(exc), record.video) from exc
-    except OSError as exc:  # permission, disk full, vanished file
-        raise _job_error(record, f"{exc.__class__.__name__}: {exc.strerror or exc}", record.video) from exc
     return probe, source_sha, prepared
 
 

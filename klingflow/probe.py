@@ -71,7 +71,7 @@ def _duration(container: av.container.InputContainer, stream: av.video.stream.Vi
 
 
 def _check_complete(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, duration: float
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, duration: float, fps: float
 ) -> None:
     """Raise MediaError if the packets stop before the stated duration (a cut-off download).
 
@@ -88,7 +88,6 @@ def _check_complete(
         if packet.pts is not None:
             pkt_end = float((packet.pts - start + (packet.duration or 0)) * tb)
             end = pkt_end if end is None else max(end, pkt_end)
-    fps = _rate(stream.average_rate) or _rate(stream.base_rate) or 24.0
     if end is None or end < duration - 2.0 / fps - 0.02:
         got = "no packets" if end is None else f"{end:.2f} s"
         raise MediaError(f"file is truncated (video data ends at {got} of {duration:.2f} s)")
@@ -129,7 +128,7 @@ def probe_video(path: str | os.PathLike[str], *, check_complete: bool = True) ->
             trc = getattr(ctx, "color_trc", None)
             duration = _duration(container, stream)
             if check_complete:
-                _check_complete(container, stream, duration)
+                _check_complete(container, stream, duration, avg or base or 24.0)
             return VideoProbe(
                 path=str(p),
                 size_bytes=size,

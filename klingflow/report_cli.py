@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from klingflow.report_html import write_html
-from klingflow.report_summary import DURATION_COLUMNS, Summary, filter_history, parse_bound, summarize
-from klingflow.report_writer import HTML_SUBDIR, read_history
+from klingflow.report_summary import DURATION_COLUMNS, Summary, filter_history, format_usd, parse_bound, summarize
+from klingflow.report_writer import read_history, thumb_cache_dir
 
 CSV_TABLES = ("runs", "days", "errors", "top", "jobs")
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     {"text": _print_text, "json": _print_json, "csv": _print_csv}[args.format](summary, df, args)
     if args.html:
         out = write_html(df, Path(args.html), title=_html_title(summary), summary=summary,
-                         thumbnails=not args.no_thumbnails, thumb_cache_dir=report_dir / HTML_SUBDIR / "thumbs")
+                         thumbnails=not args.no_thumbnails, thumb_cache_dir=thumb_cache_dir(report_dir))
         print(f"HTML report: {out}", file=sys.stderr)
     return 0
 
@@ -82,7 +82,7 @@ def _fmt(value: Any, kind: str = "") -> str:
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "—"
     if kind == "usd":
-        return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+        return format_usd(value)
     if kind == "pct":
         return f"{value:.0%}"
     if kind == "s":

@@ -12,8 +12,6 @@ import base64
 import hashlib
 import io
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
@@ -27,7 +25,8 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from PIL import Image
 
-from klingflow.report_summary import DURATION_COLUMNS, FAILED_STATUSES, Summary, summarize
+from klingflow.report_summary import DURATION_COLUMNS, FAILED_STATUSES, Summary, format_usd, number, summarize
+from klingflow.report_writer import atomic_path
 
 FRACTIONS = (0.25, 0.5, 0.75)
 THUMB_WIDTH = 240
@@ -122,14 +121,6 @@ def _duration(path: Path | None) -> float | None:
         return None
 
 
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(number) else number
-
-
 class ThumbnailMaker:
     """Before/after frame pairs for report rows, optionally cached under report_dir/_html/thumbs.
 
@@ -145,8 +136,8 @@ class ThumbnailMaker:
         """Frames of the input (as uploaded; else the original) and the output at 25/50/75 %."""
         before = _local_file(row.get("input_path")) or _local_file(row.get("source_path"))
         after = _local_file(row.get("output_path"))
-        d_in = _number(row.get("input_duration_s")) or _number(row.get("source_duration_s")) or _duration(before)
-        d_out = _number(row.get("output_duration_s")) or _duration(after)
+        d_in = number(row.get("input_duration_s")) or number(row.get("source_duration_s")) or _duration(before)
+        d_out = number(row.get("output_duration_s")) or _duration(after)
         known = [d for d in (d_in, d_out) if d]
         span = min(known) if known else None
         if span is None:
@@ -195,7 +186,8 @@ class ThumbnailMaker:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             for i, thumb in enumerate(thumbs):
                 data = base64.b64decode(thumb.uri.split(",", 1)[1])
-                _atomic_write_bytes(self.cache_dir / f"{key}-{i}.jpg", data)
+                with atomic_path(self.cache_dir / f"{key}-{i}.jpg") as tmp:
+                    tmp.write_bytes(data)
         except OSError:
             pass  # a cache that cannot be written only costs a re-decode next time
 
@@ -222,11 +214,11 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
     """Horizontal bars: billed cost per job (colour = status), a black tick at the estimated cost."""
     truncated = len(rows) > limit
     if truncated:
-        rows = sorted(rows, key=lambda r: -(_number(r.get("cost_usd")) or 0))[:limit]
+        rows = sorted(rows, key=lambda r: -(number(r.get("cost_usd")) or 0))[:limit]
     label_w, bar_w, row_h, top = 190, 460, 18, 24
     height = top + row_h * max(1, len(rows)) + 24
-    peak = _nice_max(max([_number(r.get("cost_usd")) or 0 for r in rows]
-                         + [_number(r.get("estimated_cost_usd")) or 0 for r in rows] + [0.0]))
+    peak = _nice_max(max([number(r.get("cost_usd")) or 0 for r in rows]
+                         + [number(r.get("estimated_cost_usd")) or 0 for r in rows] + [0.0]))
     suffix = f" (top {limit} by cost)" if truncated else ""
     body = [f'<text x="0" y="14" font-weight="600">Cost per job (USD){suffix}</text>']
     for i in range(5):
@@ -235,7 +227,7 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
                     f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" fill="#555">${peak * i / 4:.2f}</text>')
     for i, r in enumerate(rows):
         y = top + i * row_h
-        cost, est = _number(r.get("cost_usd")), _number(r.get("estimated_cost_usd"))
+        cost, est = number(r.get("cost_usd")), number(r.get("estimated_cost_usd"))
         colour = STATUS_COLORS.get(str(r.get("status")), "#9e9e9e")
         label = escape(str(r.get("label", r.get("job_id")))[:30])
         body.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{label}</text>')
@@ -312,10 +304,8 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
 
 
 def _usd(value: Any, digits: int = 3) -> str:
-    number = _number(value)
-    if number is None:
-        return "—"
-    return f"-${-number:,.{digits}f}" if number < 0 else f"${number:,.{digits}f}"
+    """Per-job amounts to a tenth of a cent by default; the template asks for 2 digits on totals."""
+    return format_usd(value, digits)
 
 
 def _when(value: Any) -> str:
@@ -326,13 +316,13 @@ def _when(value: Any) -> str:
 
 
 def _secs(value: Any) -> str:
-    number = _number(value)
-    return "—" if number is None else f"{number:,.1f}s"
+    seconds = number(value)
+    return "—" if seconds is None else f"{seconds:,.1f}s"
 
 
 def _pct(value: Any) -> str:
-    number = _number(value)
-    return "—" if number is None else f"{number:.0%}"
+    fraction = number(value)
+    return "—" if fraction is None else f"{fraction:.0%}"
 
 
 def safe_href(url: Any) -> str | None:
@@ -387,7 +377,7 @@ def render_html(df: pd.DataFrame, *, title: str, thumbnails: bool = True, thumb_
     chart_rows = [{**r, "label": f"{r['run_id']}·{r['job_id']}" if multi_run else r["job_id"]} for r in records]
     charts = {
         "cost": cost_chart(chart_rows),
-        "hists": [histogram([v for v in (_number(r.get(c)) for r in records) if v is not None], c)
+        "hists": [histogram([v for v in (number(r.get(c)) for r in records) if v is not None], c)
                   for c in DURATION_COLUMNS],
         "runs": run_spend_chart(summary.by_run) if multi_run else None,
     }
@@ -398,19 +388,11 @@ def render_html(df: pd.DataFrame, *, title: str, thumbnails: bool = True, thumb_
     )
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def write_html(df: pd.DataFrame, out_path: Path, *, title: str, **kwargs: Any) -> Path:
     """Render and write the report atomically to `out_path` (its folder is created)."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out_path, render_html(df, title=title, **kwargs).encode("utf-8"))
+    html = render_html(df, title=title, **kwargs)
+    with atomic_path(out_path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return out_path

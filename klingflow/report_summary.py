@@ -78,6 +78,23 @@ def _json_clean(value: Any) -> Any:
     return value
 
 
+def number(value: Any) -> float | None:
+    """`value` as a float; None for None, NaN and anything that is not a number."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(result) else result
+
+
+def format_usd(value: Any, digits: int = 2) -> str:
+    """Dollars as every view prints them: "$1,234.50", "-$0.34", "—" when unknown."""
+    amount = number(value)
+    if amount is None:
+        return "—"
+    return f"-${-amount:,.{digits}f}" if amount < 0 else f"${amount:,.{digits}f}"
+
+
 def percentile(values: pd.Series, q: float) -> float | None:
     """The q-quantile (0..1) of the non-null values, linear interpolation; None when there are none."""
     clean = pd.to_numeric(values, errors="coerce").dropna()
@@ -94,20 +111,18 @@ def duration_stats(df: pd.DataFrame) -> dict[str, dict[str, float | None]]:
     return stats
 
 
-def _is_new_spend(df: pd.DataFrame) -> pd.Series:
-    return ~df["reused"].fillna(False).astype(bool)
-
-
-def _money(df: pd.DataFrame, column: str) -> float:
-    return float(pd.to_numeric(df.loc[_is_new_spend(df), column], errors="coerce").fillna(0).sum())
-
-
 def totals(df: pd.DataFrame) -> Totals:
     """Headline totals of a set of rows (any number of runs)."""
     status = df["status"].astype(str)
     succeeded = int((status == "succeeded").sum())
     failed = int(status.isin(FAILED_STATUSES).sum())
     attempted = succeeded + failed
+    reused = df["reused"].fillna(False).astype(bool)
+    new_spend = df.loc[~reused]
+
+    def money(column: str) -> float:
+        return float(pd.to_numeric(new_spend[column], errors="coerce").fillna(0).sum())
+
     return Totals(
         runs=int(df["run_id"].nunique()),
         jobs=len(df),
@@ -115,11 +130,11 @@ def totals(df: pd.DataFrame) -> Totals:
         failed=failed,
         other=len(df) - attempted,
         success_rate=succeeded / attempted if attempted else None,
-        cost_usd=_money(df, "cost_usd"),
-        estimated_cost_usd=_money(df, "estimated_cost_usd"),
-        billed_seconds=_money(df, "billed_seconds"),
-        estimated_seconds=_money(df, "estimated_seconds"),
-        reused=int(df["reused"].fillna(False).astype(bool).sum()),
+        cost_usd=money("cost_usd"),
+        estimated_cost_usd=money("estimated_cost_usd"),
+        billed_seconds=money("billed_seconds"),
+        estimated_seconds=money("estimated_seconds"),
+        reused=int(reused.sum()),
         durations=duration_stats(df),
     )
 

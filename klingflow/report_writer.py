@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -164,9 +165,33 @@ def conform_table(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=REPORT_SCHEMA)
 
 
-def run_file_name(run_id: str) -> str:
-    """`run-<run_id>.parquet` with anything outside [A-Za-z0-9._-] replaced (no dot/underscore prefix)."""
-    return f"run-{_SAFE_NAME.sub('_', run_id)}.parquet"
+def run_file_name(run_id: str, suffix: str = ".parquet") -> str:
+    """`run-<run_id><suffix>` with anything outside [A-Za-z0-9._-] replaced (no dot/underscore prefix)."""
+    return f"run-{_SAFE_NAME.sub('_', run_id)}{suffix}"
+
+
+def thumb_cache_dir(report_dir: Path) -> Path:
+    """Where the HTML reports cache their thumbnails: report_dir/_html/thumbs."""
+    return Path(report_dir) / HTML_SUBDIR / "thumbs"
+
+
+@contextmanager
+def atomic_path(final: Path, *, fsync: bool = False) -> Iterator[Path]:
+    """A dot-prefixed temp path next to `final`, renamed over it when the block succeeds (else removed).
+
+    Readers never see a half-written file, and dataset discovery skips the temp file.
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if fsync:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_run_report(table: pa.Table, report_dir: Path, *, run_id: str) -> Path:
@@ -181,31 +206,22 @@ def write_run_report(table: pa.Table, report_dir: Path, *, run_id: str) -> Path:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     final = report_dir / run_file_name(run_id)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=report_dir)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(final, fsync=True) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
     return final
 
 
-def history_dataset(report_dir: Path) -> ds.Dataset:
-    """The report directory as one pyarrow dataset read with REPORT_SCHEMA (older files gain new columns as nulls)."""
-    return ds.dataset(str(report_dir), format="parquet", schema=REPORT_SCHEMA,
-                      ignore_prefixes=[".", "_"], exclude_invalid_files=False)
-
-
 def read_history_table(report_dir: Path) -> pa.Table:
-    """The whole history as an arrow table (empty with REPORT_SCHEMA when there is none yet)."""
+    """The whole history as an arrow table (empty with REPORT_SCHEMA when there is none yet).
+
+    Read as one pyarrow dataset with REPORT_SCHEMA, so older files gain later columns as nulls.
+    """
     report_dir = Path(report_dir)
     if not report_dir.is_dir() or not any(report_dir.glob("*.parquet")):
         return REPORT_SCHEMA.empty_table()
-    table = history_dataset(report_dir).to_table()
+    dataset = ds.dataset(str(report_dir), format="parquet", schema=REPORT_SCHEMA, ignore_prefixes=[".", "_"],
+                         exclude_invalid_files=False)
+    table = dataset.to_table()
     return table.sort_by([("run_started_at", "ascending"), ("run_id", "ascending"), ("row", "ascending")])
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from klingflow.backend import BackendSession
+from klingflow.models import Backend
 
 FAL_PLATFORM_API = "https://api.fal.ai/v1"
 PAGE_LIMIT = 100
@@ -35,7 +36,7 @@ def payload_sha256(arguments: dict[str, Any]) -> str:
 
 
 def platform_url(session: BackendSession) -> str:
-    return FAL_PLATFORM_API if session.kind.value == "fal" else f"{session.base_url}/v1"
+    return FAL_PLATFORM_API if session.kind is Backend.fal else f"{session.base_url}/v1"
 
 
 async def find_request(session: BackendSession, endpoint: str, digest: str, since_epoch: float) -> str | None:

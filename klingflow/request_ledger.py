@@ -27,11 +27,12 @@ from typing import Literal
 from pydantic import BaseModel
 
 from klingflow.jsoncache import open_json_cache
+from klingflow.models import PaidResult
 
 EntryState = Literal["submitting", "submitted", "completed", "succeeded", "failed", "cancelled"]
 
 
-class LedgerEntry(BaseModel):
+class LedgerEntry(PaidResult):
     """One job key's request history, as the latest write left it."""
 
     job_key: str
@@ -44,14 +45,6 @@ class LedgerEntry(BaseModel):
     submitting_at: float | None = None  # epoch seconds, written before the POST
     submitted_at: float | None = None
     updated_at: float
-    output_url: str | None = None
-    output_path: str | None = None
-    output_sha256: str | None = None
-    output_bytes: int | None = None
-    output_duration_s: float | None = None
-    billed_seconds: float | None = None
-    cost_usd: float | None = None
-    cost_source: str | None = None
     billed_in_run: str | None = None  # a run whose report already carries this bill (its download failed)
     error: str | None = None
 

@@ -20,7 +20,7 @@ async def run_with_progress(params: EditParams):
     """Run `edit_videos`; None when the run could not start (the reason is printed)."""
     from flows.edit_videos import RunSummary, edit_videos
 
-    try:
+    try:  # read once here too: a bad manifest fails in milliseconds, before Prefect's start-up
         total = len(load_manifest(params.manifest))
     except KlingflowError as exc:
         console.print(f"[red]klingflow: {exc}[/red]")

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from klingflow.backend import FAL_KEY_SECRET_BLOCK
+from klingflow.backend import FAL_KEY_SECRET_BLOCK, key_fingerprint
 
 DEFAULT_LIMIT_NAME = "klingflow-fal"
 DEFAULT_POOL = "klingflow-process"
@@ -116,8 +115,7 @@ def save_fal_key(key: str) -> str:
     from prefect.blocks.system import Secret
 
     Secret(value=key).save(FAL_KEY_SECRET_BLOCK, overwrite=True)
-    fingerprint = hashlib.sha256(key.encode()).hexdigest()[:8]
-    return f"setup: saved Secret block {FAL_KEY_SECRET_BLOCK!r} (key fingerprint {fingerprint})"
+    return f"setup: saved Secret block {FAL_KEY_SECRET_BLOCK!r} (key fingerprint {key_fingerprint(key)})"
 
 
 def enter_repo(directory: str | None = None) -> dict[str, str]:

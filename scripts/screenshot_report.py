@@ -80,6 +80,7 @@ def _restyle(src: Path, dst: Path) -> Path:
 
 
 def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
+    from klingflow.endpoint import cost_usd
     from klingflow.models import JobRecord
     from klingflow.synth import make_clip
 
@@ -87,7 +88,7 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
     src = make_clip(media / f"run{run}-{i}-in.mp4", seconds=seconds, width=640, height=360, audio=False)
     out = _restyle(src, media / f"run{run}-{i}-out.mp4")
     sub = start + timedelta(hours=run, seconds=i * 5)
-    cost = round(0.336 * seconds, 4)
+    cost = float(cost_usd(seconds))
     job = JobRecord(
         job_id=f"job-{i + 1}", row=i + 1, prompt=f"Restyle @Video1 as a {STYLES[i]} scene", video=str(src),
         input_path=str(src), input_duration_s=float(seconds), estimated_seconds=seconds, estimated_cost_usd=cost,

@@ -28,6 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from klingflow.backend import BackendSession
+from klingflow.download import DownloadError, stream_to_file
 from klingflow.endpoint import EditOutput, billable_seconds, cost_usd
 from klingflow.errors import MediaError
 from klingflow.hashing import sha256_file
@@ -165,12 +166,12 @@ async def download_and_verify(record: JobRecord, output_dir: Path) -> JobRecord:
     final = output_dir / f"{record.job_id}-{record.request_id}.mp4"
     tmp = output_dir / f".{final.name}.part"
     try:
-        await _fetch_to(record.output_url, tmp)
+        size = await stream_to_file(record.output_url, tmp)
         probe = await asyncio.to_thread(probe_video, tmp)
         _check_duration(record, probe.duration_s)
         digest = await asyncio.to_thread(sha256_file, tmp)
         os.replace(tmp, final)
-    except (httpx.HTTPError, OSError, MediaError) as exc:
+    except (DownloadError, OSError, MediaError) as exc:
         tmp.unlink(missing_ok=True)
         where = f"row {record.row} ({record.job_id}), output {record.output_url}"
         return record.fail("download", f"{where}: {exc}")
@@ -179,22 +180,10 @@ async def download_and_verify(record: JobRecord, output_dir: Path) -> JobRecord:
             "status": "succeeded",
             "output_path": str(final),
             "output_sha256": digest,
-            "output_bytes": final.stat().st_size,
+            "output_bytes": size,
             "output_duration_s": probe.duration_s,
         }
     )
-
-
-async def _fetch_to(url: str, path: Path) -> None:
-    """Stream `url` into `path`, flushed to disk."""
-    timeout = httpx.Timeout(300.0, connect=30.0)
-    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http, http.stream("GET", url) as response:
-        response.raise_for_status()
-        with path.open("wb") as fh:
-            async for chunk in response.aiter_bytes(1 << 20):
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def _check_duration(record: JobRecord, duration_s: float) -> None:
@@ -211,9 +200,13 @@ async def collect(record: JobRecord, session: BackendSession, endpoint: str, set
     return await wait_for_result(record, session, endpoint, settings, get_run_logger())
 
 
-@task(name="download", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+@task(name="download", cache_policy=NO_CACHE)
 async def download(record: JobRecord, output_dir: str) -> JobRecord:
-    """Prefect task: download and verify one output."""
+    """Prefect task: download and verify one output.
+
+    A failure is the job's error, not an exception to retry: the paid result stays `completed` in the
+    request ledger and the next run downloads it again without paying.
+    """
     result = await download_and_verify(record, Path(output_dir))
     logger = get_run_logger()
     if result.status == "succeeded":

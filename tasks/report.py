@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import re
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import pandas as pd
+import pyarrow as pa
 from prefect import task
 from prefect.artifacts import (
     acreate_link_artifact,
@@ -33,8 +33,8 @@ from pydantic import BaseModel
 
 from klingflow.models import JobRecord
 from klingflow.report_html import write_html
-from klingflow.report_summary import Summary, Totals, summarize
-from klingflow.report_writer import HTML_SUBDIR, records_to_table, write_run_report
+from klingflow.report_summary import Summary, Totals, format_usd, summarize
+from klingflow.report_writer import HTML_SUBDIR, records_to_table, run_file_name, thumb_cache_dir, write_run_report
 
 TABLE_KEY = "klingflow-jobs"
 SUMMARY_KEY = "klingflow-summary"
@@ -43,49 +43,31 @@ PROGRESS_KEY = "klingflow-progress"
 _PROMPT_CHARS = 120
 
 
-class ReportTotals(BaseModel):
-    """The run's headline numbers (the markdown artifact shows the same)."""
-
-    jobs: int
-    succeeded: int
-    failed: int
-    success_rate: float | None
-    cost_usd: float
-    estimated_cost_usd: float
-    billed_seconds: float
-    estimated_seconds: float
-    durations: dict[str, dict[str, float | None]]
-
-    @classmethod
-    def of(cls, totals: Totals) -> ReportTotals:
-        return cls(**{name: getattr(totals, name) for name in cls.model_fields})
-
-
 class ReportPaths(BaseModel):
     """Where the report went; html_path is None when the page could not be rendered (see the log)."""
 
     parquet_path: Path
     html_path: Path | None
-    totals: ReportTotals
+    totals: Totals  # the run's headline numbers, as the markdown artifact, the HTML page and the CLI show them
 
 
 def html_path_for(report_dir: Path, run_id: str) -> Path:
     """report_dir/_html/run-<run_id>.html (under '_' so dataset readers skip it)."""
-    return Path(report_dir) / HTML_SUBDIR / f"run-{re.sub(r'[^A-Za-z0-9._-]+', '_', run_id)}.html"
+    return Path(report_dir) / HTML_SUBDIR / run_file_name(run_id, ".html")
 
 
-def _write_files(table: Any, report_dir: Path, run_id: str) -> tuple[Path, Path | None, Summary]:
+def _write_files(table: pa.Table, report_dir: Path, run_id: str) -> tuple[Path, Path | None, pd.DataFrame, Summary]:
     """Parquet (must succeed), then the HTML page (may fail with a warning)."""
     parquet = write_run_report(table, report_dir, run_id=run_id)
     df = table.to_pandas()
     summary = summarize(df)
     try:
         html = write_html(df, html_path_for(report_dir, run_id), title=f"klingflow run {run_id}", summary=summary,
-                          thumb_cache_dir=report_dir / HTML_SUBDIR / "thumbs")
+                          thumb_cache_dir=thumb_cache_dir(report_dir))
     except Exception:  # noqa: BLE001 - the parquet is written; a broken page must not fail a paid run
         get_logger("klingflow.report").exception("HTML report for run %s failed", run_id)
         html = None
-    return parquet, html, summary
+    return parquet, html, df, summary
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -95,13 +77,13 @@ async def report(records: list[JobRecord], *, run_id: str, run_started_at: datet
     logger = get_run_logger()
     table = records_to_table(records, run_id=run_id, run_started_at=run_started_at, backend=backend,
                              endpoint=endpoint)
-    parquet, html, summary = await asyncio.to_thread(_write_files, table, Path(report_dir), run_id)
+    parquet, html, df, summary = await asyncio.to_thread(_write_files, table, Path(report_dir), run_id)
     logger.info("report: %s%s", parquet, f", {html}" if html else " (no HTML page)")
     try:
-        await _publish_artifacts(table.to_pandas(), summary, run_id=run_id, parquet=parquet, html=html)
+        await _publish_artifacts(df, summary, run_id=run_id, parquet=parquet, html=html)
     except Exception:  # artifacts are a view; the files above are the record
         logger.warning("could not create the report artifacts", exc_info=True)
-    return ReportPaths(parquet_path=parquet, html_path=html, totals=ReportTotals.of(summary.totals))
+    return ReportPaths(parquet_path=parquet, html_path=html, totals=summary.totals)
 
 
 async def _publish_artifacts(df: pd.DataFrame, summary: Summary, *, run_id: str, parquet: Path,
@@ -136,10 +118,8 @@ def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: float | None, unit: str = "") -> str:
-    if value is None:
-        return "—"
-    return f"${value:,.2f}" if unit == "$" else f"{value:,.1f}{unit}"
+def _secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:,.1f} s"
 
 
 def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path | None) -> str:
@@ -156,16 +136,16 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
         f"| failed | {t.failed} |",
         f"| other (dry run, pending) | {t.other} |",
         f"| success rate | {rate} |",
-        f"| total cost (billed) | {_fmt(t.cost_usd, '$')} |",
-        f"| estimated cost | {_fmt(t.estimated_cost_usd, '$')} |",
-        f"| billed - estimated | {_fmt(t.estimate_delta_usd, '$')} |",
+        f"| total cost (billed) | {format_usd(t.cost_usd)} |",
+        f"| estimated cost | {format_usd(t.estimated_cost_usd)} |",
+        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} |",
         f"| billed / estimated seconds | {t.billed_seconds:,.0f} / {t.estimated_seconds:,.0f} |",
     ]
     if t.reused:
         lines.append(f"| reused (no new spend) | {t.reused} |")
     lines += ["", "| duration | n | p50 | p95 | max |", "|---|---:|---:|---:|---:|"]
     for name, d in t.durations.items():
-        cells = " | ".join(_fmt(d[q], " s") for q in ("p50", "p95", "max"))
+        cells = " | ".join(_secs(d[q]) for q in ("p50", "p95", "max"))
         lines.append(f"| {name} | {d['n']} | {cells} |")
     if summary.failures:
         lines += ["", "**Failures by error**", "", "| n | stage | error |", "|---:|---|---|"]

@@ -41,10 +41,9 @@ class SubmitRejected(Exception):
 
 @dataclass(frozen=True)
 class Submission:
+    """An accepted request. Its status/result/cancel URLs are rebuilt from the id by fal_client's handle."""
+
     request_id: str
-    status_url: str
-    response_url: str
-    cancel_url: str
     submitted_at: datetime
 
 
@@ -102,13 +101,7 @@ def _accepted(response: httpx.Response) -> Submission:
         raise SubmitRejected(f"HTTP {response.status_code}: {_detail(response)}")
     try:
         data = response.json()
-        return Submission(
-            request_id=data["request_id"],
-            status_url=data["status_url"],
-            response_url=data["response_url"],
-            cancel_url=data["cancel_url"],
-            submitted_at=datetime.now(UTC),
-        )
+        return Submission(request_id=data["request_id"], submitted_at=datetime.now(UTC))
     except (ValueError, KeyError) as exc:
         raise SubmitOutcomeUnknown(f"unreadable submit response ({exc})") from exc
 

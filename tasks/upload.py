@@ -90,7 +90,7 @@ async def upload_job(record: JobRecord, cache: UploadCache) -> JobRecord:
             url, hit, size = await cache.url_for(path, digest)
         except Exception as exc:
             where = f"{record.row} ({record.job_id})"
-            raise JobError(f"upload failed: {_describe(exc)}", job_id=where, path=path, stage="upload") from exc
+            raise JobError(f"upload failed: {_describe(exc)}", job_id=where, path=path) from exc
         hits += hit
         uploaded += size
         return url

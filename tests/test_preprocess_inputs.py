@@ -151,3 +151,11 @@ def test_download_failure_is_that_jobs_error(tmp_path: Path, http_server: str) -
     record = preprocess_job(job(url, "@Video1"), settings_for(tmp_path))
     assert record.status == "failed" and url in record.error and "HTTP 404" in record.error
     assert not list((tmp_path / "work" / "downloads").rglob("*.part"))
+
+
+def test_download_over_the_byte_ceiling_is_that_jobs_error(corpus: Corpus, tmp_path: Path, http_server: str) -> None:
+    """A download past max_download_bytes is stopped, fails the job saying so, and leaves no file behind."""
+    settings = PreprocessSettings(work_dir=str(tmp_path / "work"), max_download_bytes=1000)
+    record = preprocess_job(job(f"{http_server}/{corpus['compliant'].name}", "@Video1"), settings)
+    assert record.status == "failed" and "download is larger than 1000 bytes" in record.error
+    assert not [p for p in (tmp_path / "work" / "downloads").rglob("*") if p.is_file()]

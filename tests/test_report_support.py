@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from klingflow.endpoint import ENDPOINT_ID
+from klingflow.endpoint import ENDPOINT_ID, cost_usd
 from klingflow.models import ElementSpec, JobRecord
 from klingflow.report_writer import records_to_table, write_run_report
 from klingflow.synth import make_clip
@@ -25,7 +25,7 @@ def source_probe(path: str, seconds: float = 5.0) -> dict:
 def succeeded(job_id: str, row: int, *, seconds: int = 5, queued: float = 2.0, processing: float = 60.0,
               start: datetime = T0, video: str = "/data/in.mp4", output_path: str | None = None,
               input_path: str | None = None) -> JobRecord:
-    """A job that went through every stage and was billed `seconds` seconds at $0.336."""
+    """A job that went through every stage and was billed `seconds` seconds at the endpoint's price."""
     submitted = start + timedelta(seconds=row)
     return JobRecord(
         job_id=job_id, row=row, prompt=f"Make @Video1 look like a watercolour painting ({job_id})", video=video,
@@ -33,13 +33,13 @@ def succeeded(job_id: str, row: int, *, seconds: int = 5, queued: float = 2.0, p
         source=source_probe(video, seconds), source_sha256="a" * 64, preprocess_actions=["passthrough"],
         input_path=input_path or video, input_sha256="b" * 64, input_bytes=123_456, input_duration_s=float(seconds),
         input_width=1280, input_height=720, job_key=f"key-{job_id}", estimated_seconds=seconds,
-        estimated_cost_usd=round(0.336 * seconds, 4), video_url=f"https://sim.local/files/{job_id}.mp4",
+        estimated_cost_usd=float(cost_usd(seconds)), video_url=f"https://sim.local/files/{job_id}.mp4",
         uploaded_bytes=123_456, request_id=f"req-{job_id}", submitted_at=submitted,
         started_at=submitted + timedelta(seconds=queued),
         completed_at=submitted + timedelta(seconds=queued + processing), status_polls=7,
         output_url=f"https://sim.local/out/{job_id}.mp4", output_path=output_path or f"/outputs/{job_id}.mp4",
         output_sha256="c" * 64, output_bytes=234_567, output_duration_s=float(seconds), billed_seconds=float(seconds),
-        cost_usd=round(0.336 * seconds, 4), cost_source="header",
+        cost_usd=float(cost_usd(seconds)), cost_source="header",
     )
 
 
@@ -47,7 +47,7 @@ def failed(job_id: str, row: int, *, stage: str = "submit", error: str = "HTTP 4
            video: str = "/data/bad.mp4") -> JobRecord:
     """A job that failed before anything was billed (most cost/timing fields stay None)."""
     return JobRecord(job_id=job_id, row=row, prompt="Turn @Video1 into claymation", video=video, status="failed",
-                     error=error, error_stage=stage, estimated_seconds=4, estimated_cost_usd=1.344)
+                     error=error, error_stage=stage, estimated_seconds=4, estimated_cost_usd=float(cost_usd(4)))
 
 
 def write_run(report_dir: Path, run_id: str, records: list[JobRecord], *, started: datetime = T0,

@@ -71,7 +71,8 @@ def test_report_task_writes_files_and_artifacts(tmp_path: Path) -> None:
                                                                          ("bad", "failed", None)]
     markdown = artifacts[SUMMARY_KEY].data
     for expected in ("| jobs | 2 |", "| succeeded | 1 |", "| failed | 1 |", "| total cost (billed) | $1.68 |",
-                     "| estimated cost | $3.02 |", "| total_s |", "HTTP 422: video too short"):
+                     "| estimated cost | $3.02 |", "| billed - estimated | -$1.34 |", "| total_s |",
+                     "HTTP 422: video too short"):
         assert expected in markdown
     assert paths.html_path.absolute().as_uri() in artifacts[LINK_KEY].data
     assert artifacts[PROGRESS_KEY].data == 100.0
@@ -84,3 +85,6 @@ def test_progress_tracker_outside_a_flow_is_a_noop() -> None:
     tracker.advance()
     tracker.advance(2)
     assert (tracker.done, tracker.percent) == (3, 75.0)
+    tracker.advance(5)
+    assert (tracker.done, tracker.percent) == (4, 100.0)  # clamped at total
+    assert tracker._artifact_id is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import fal_client
 import httpx
 import pytest
@@ -36,6 +38,7 @@ def test_raw_key_is_never_stored(sim: Simulator, client: fal_client.SyncClient, 
     client.subscribe(ENDPOINT_ID, edit_args(client.upload_file(media.silent)))
     secret_part = TEST_FAL_KEY.split(":")[1]
     assert sim.ledger()[0].key_id == key_id(TEST_FAL_KEY)
-    texts = [str(sim.counters()), httpx.get(f"{sim.url}/_simulator/requests").text]
-    texts += [p.read_text() for p in sim.config.state_dir.rglob("*.json*")]
-    assert texts and all(TEST_FAL_KEY not in t and secret_part not in t for t in texts)
+    stored = {p.relative_to(sim.config.state_dir): p.read_text() for p in sim.config.state_dir.rglob("*.json*")}
+    assert Path("ledger.jsonl") in stored and any(p.parts[0] == "requests" for p in stored)
+    texts = [str(sim.counters()), httpx.get(f"{sim.url}/_simulator/requests").text, *stored.values()]
+    assert all(TEST_FAL_KEY not in t and secret_part not in t for t in texts)

@@ -102,10 +102,12 @@ def test_job_failure_is_500_and_unbilled(make_sim, client: fal_client.SyncClient
 
 
 def test_job_failure_rate(make_sim, client: fal_client.SyncClient, media):
-    """job_failure_rate=1 fails every job."""
-    make_sim(faults=FaultConfig(job_failure_rate=1.0))
-    with pytest.raises(fal_client.FalClientHTTPError):
+    """job_failure_rate=1 fails every job (500, not a validation 422) and bills nothing."""
+    sim = make_sim(faults=FaultConfig(job_failure_rate=1.0))
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
         client.subscribe(ENDPOINT_ID, edit_args(client.upload_file(media.silent)))
+    assert err.value.status_code == 500
+    assert sim.ledger() == []
 
 
 def test_hang_until_cancelled(make_sim, client: fal_client.SyncClient, media):

@@ -120,8 +120,14 @@ def test_bad_parameters_are_422(sim: Simulator):
 
 def test_status_and_endpoint_filters(sim: Simulator):
     """status filters finished requests by outcome; a comma list of endpoint ids is accepted."""
-    _submit(sim, {"prompt": "still queued or running"})
-    assert _items(sim, status="success") == []
+    request_id = _submit(sim, {"prompt": "no video_url: ends as a 422"})
+    deadline = time.monotonic() + 10
+    while not (rejected := _items(sim, status="user_error")):
+        assert time.monotonic() < deadline, "request never finished"
+        time.sleep(0.02)
+    assert [i["request_id"] for i in rejected] == [request_id] and rejected[0]["status_code"] == 422
+    assert _items(sim, status="success") == [] and _items(sim, status="error") == []
+    assert len(_items(sim, status="success,user_error")) == 1
     assert len(_items(sim, endpoint_id=f"other/app,{ENDPOINT_ID}")) == 1
     assert _items(sim, endpoint_id="other/app") == []
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -10,14 +9,7 @@ import fal_client
 import httpx
 
 from falsim import Simulator
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from klingflow.hashing import sha256_file
 
 
 def _download(url: str, dst: Path) -> httpx.Response:
@@ -34,7 +26,7 @@ def test_small_upload_roundtrips_byte_identical(sim: Simulator, client: fal_clie
     response = _download(url, tmp_path / "back.mp4")
     assert response.headers["content-type"] == "video/mp4"
     assert int(response.headers["content-length"]) == media.clip.stat().st_size
-    assert _sha256(tmp_path / "back.mp4") == _sha256(media.clip)
+    assert sha256_file(tmp_path / "back.mp4") == sha256_file(media.clip)
     counters = sim.counters()
     assert counters["uploads"] == 1 and counters["upload_bytes"] == media.clip.stat().st_size
     assert counters["calls"]["token"] == 1
@@ -59,7 +51,7 @@ def test_multipart_upload_over_100mib_is_byte_identical(sim: Simulator, client: 
     url = client.upload_file(big)
     assert url.endswith("/big.bin")
     _download(url, tmp_path / "big.back")
-    assert _sha256(tmp_path / "big.back") == _sha256(big)
+    assert sha256_file(tmp_path / "big.back") == sha256_file(big)
     assert sim.counters()["upload_bytes"] == big.stat().st_size
     assert sim.counters()["calls"]["upload"] == 1 + 11 + 1  # create, 11 parts, complete
 
