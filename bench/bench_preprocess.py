@@ -19,10 +19,10 @@ from pathlib import Path
 
 import av
 
+from klingflow.media.preprocess import PreprocessSettings, preprocess_job
+from klingflow.media.probe import probe_video
+from klingflow.media.synth import make_clip
 from klingflow.models import JobRecord
-from klingflow.preprocess import PreprocessSettings, preprocess_job
-from klingflow.probe import probe_video
-from klingflow.synth import make_clip
 
 HDR10 = {"codec": "libx265", "pix_fmt": "yuv420p10le", "color_trc": 16, "color_primaries": 9, "colorspace": 9}
 
@@ -88,7 +88,7 @@ def pyav_transcode(src: Path, dst: Path, preset: str) -> float:
 def bench_pyav_vs_cli(src: Path, root: Path, preset: str) -> None:
     import subprocess
 
-    from klingflow.media_ffmpeg import ffmpeg_exe
+    from klingflow.media.ffmpeg import ffmpeg_exe
 
     print(f"\nsame-size 1080p H.264 re-encode, video only (preset={preset}): PyAV in-process vs ffmpeg CLI")
     start = time.perf_counter()

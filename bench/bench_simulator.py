@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_simulator.py [--starts 7] [--jobs 200] [--concurrency 50]
 
-Startup = spawning `python -m falsim` until it prints its URL and answers /_simulator/health.
+Startup = spawning `python -m klingflow.simulator` until it prints its URL and answers /_simulator/health.
 Throughput = the real async fal_client submitting N jobs at once and awaiting every result.
 """
 
@@ -25,16 +25,16 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from falsim import Simulator, SimulatorConfig  # noqa: E402
 from klingflow.endpoint import ENDPOINT_ID  # noqa: E402
-from klingflow.fal_backend import point_fal_client_at  # noqa: E402
-from klingflow.synth import make_clip  # noqa: E402
+from klingflow.fal.urls import point_fal_client_at  # noqa: E402
+from klingflow.media.synth import make_clip  # noqa: E402
+from klingflow.simulator import Simulator, SimulatorConfig  # noqa: E402
 
 
 def startup_seconds(state_dir: Path) -> float:
     """Wall time from spawn to a healthy server, for one standalone start."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    cmd = [sys.executable, "-m", "falsim", "--port", "0", "--state-dir", str(state_dir)]
+    cmd = [sys.executable, "-m", "klingflow.simulator", "--port", "0", "--state-dir", str(state_dir)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -16,7 +16,7 @@ import time
 from prefect import flow
 from prefect.concurrency.asyncio import concurrency
 
-from klingflow.concurrency import RequestSlots, ensure_global_limit
+from klingflow.fal.slots import RequestSlots, ensure_global_limit
 
 
 async def _per_job(name: str, slots: int, jobs: int, work_s: float) -> float:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from falsim import Simulator, SimulatorConfig
-from klingflow.probe import probe_video
-from klingflow.synth import make_clip
+from klingflow.media.probe import probe_video
+from klingflow.media.synth import make_clip
+from klingflow.simulator import Simulator, SimulatorConfig
 
 
 @dataclass
@@ -58,10 +58,27 @@ def _manifest(root: Path, jobs: int) -> Path:
 
 def _command(manifest: Path, root: Path, iteration: int) -> list[str]:
     return [
-        sys.executable, "-m", "klingflow.cli", "run", str(manifest), "--backend", "simulator",
-        "--concurrency", "2", "--state-dir", str(root / "state"), "--out", str(root / "outputs"),
-        "--report-dir", str(root / "reports"), "--poll-interval", "0.1", "--poll-max-interval", "0.3",
-        "--concurrency-limit", f"klingflow-kill-{iteration}",  # a killed holder leaks its slot until expiry
+        sys.executable,
+        "-m",
+        "klingflow.app.cli",
+        "run",
+        str(manifest),
+        "--backend",
+        "simulator",
+        "--concurrency",
+        "2",
+        "--state-dir",
+        str(root / "state"),
+        "--out",
+        str(root / "outputs"),
+        "--report-dir",
+        str(root / "reports"),
+        "--poll-interval",
+        "0.1",
+        "--poll-max-interval",
+        "0.3",
+        "--concurrency-limit",
+        f"klingflow-kill-{iteration}",  # a killed holder leaks its slot until expiry
     ]
 
 
@@ -96,8 +113,13 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         }
         for i in range(kills):
-            proc = subprocess.Popen(_command(manifest, root, i), env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                _command(manifest, root, i),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             started = time.monotonic()
             if i % 2 == 0 or sim.counters()["submits"] >= jobs:  # nothing left to submit: random kills only
                 _wait_random(proc, rng.uniform(0.5, max_delay_s))
@@ -108,8 +130,10 @@ def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=pr
             proc.wait()
             submits = sim.counters()["submits"]
             report.submits_at_kill.append(submits)
-            log(f"kill {i + 1}/{kills} after {time.monotonic() - started:.2f} s: {submits} submit(s) so far, "
-                f"{len(sim.ledger())} billed")
+            log(
+                f"kill {i + 1}/{kills} after {time.monotonic() - started:.2f} s: {submits} submit(s) so far, "
+                f"{len(sim.ledger())} billed"
+            )
         started = time.monotonic()
         final = subprocess.run(_command(manifest, root, kills), env=env, capture_output=True, text=True, check=False)
         report.final_elapsed_s = time.monotonic() - started
@@ -134,8 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         result = run(args.kills, args.jobs, args.seed, args.max_delay, Path(tmp))
-    print(f"final run exit {result.final_exit} in {result.final_elapsed_s:.1f} s; billed per job: "
-          f"{result.billed_per_job}; outputs verified {result.outputs_verified}/{result.jobs}")
+    print(
+        f"final run exit {result.final_exit} in {result.final_elapsed_s:.1f} s; billed per job: "
+        f"{result.billed_per_job}; outputs verified {result.outputs_verified}/{result.jobs}"
+    )
     ok = result.final_exit == 0 and result.billed_exactly_once and result.outputs_verified == result.jobs
     print("every job billed exactly once and every output verifies" if ok else "FAILED")
     return 0 if ok else 1

@@ -21,18 +21,18 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows.cancellation import cancel_outstanding_requests
-from flows.job_lifecycle import RunContext, run_job
 from klingflow import events
-from klingflow.backend import BackendSession, choose_backend, open_backend
-from klingflow.budget import Budget
-from klingflow.concurrency import RequestSlots, ensure_global_limit
 from klingflow.endpoint import PRICE_PER_SECOND_USD
-from klingflow.identity import with_job_key
+from klingflow.fal.backend import BackendSession, choose_backend, open_backend
+from klingflow.fal.slots import RequestSlots, ensure_global_limit
+from klingflow.ledger.budget import Budget
+from klingflow.ledger.identity import with_job_key
+from klingflow.ledger.store import RequestLedger
 from klingflow.manifest import load_manifest
+from klingflow.media.preprocess import PreprocessSettings
 from klingflow.models import EditParams, JobRecord
-from klingflow.preprocess import PreprocessSettings
-from klingflow.request_ledger import RequestLedger
+from klingflow.pipeline.cancellation import cancel_outstanding_requests
+from klingflow.pipeline.job import RunContext, run_job
 from tasks.collect import PollSettings
 from tasks.preprocess import preprocess
 from tasks.report import ProgressTracker, ReportPaths, report
@@ -76,13 +76,25 @@ async def edit_videos(params: EditParams) -> State:
         estimated = await announce_estimate(jobs, ledger, params)
         if params.dry_run:
             jobs = [j.model_copy(update={"status": "dry_run"}) if j.ok else j for j in jobs]
-            paths = await report(jobs, run_id=run_id, run_started_at=started, backend=f"{kind.value} (dry run)",
-                                 endpoint=params.endpoint, report_dir=params.report_dir)
+            paths = await report(
+                jobs,
+                run_id=run_id,
+                run_started_at=started,
+                backend=f"{kind.value} (dry run)",
+                endpoint=params.endpoint,
+                report_dir=params.report_dir,
+            )
         else:
             with open_backend(params, logger, kind=kind) as session:
                 jobs = await edit_all(jobs, session, ledger, run_id, params)
-                paths = await report(jobs, run_id=run_id, run_started_at=started, backend=session.label,
-                                     endpoint=params.endpoint, report_dir=params.report_dir)
+                paths = await report(
+                    jobs,
+                    run_id=run_id,
+                    run_started_at=started,
+                    backend=session.label,
+                    endpoint=params.endpoint,
+                    report_dir=params.report_dir,
+                )
     finally:
         ledger.close()
     summary = summarize(run_id, jobs, estimated, paths)

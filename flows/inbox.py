@@ -43,11 +43,7 @@ InboxParams = create_model(
     __doc__="Parameters of `process_inbox`: the inbox folder and the edit settings for every manifest in it.",
     inbox=(str, Field("inbox", description="Folder watched for manifests (relative to the working directory)")),
     settle_s=(float, Field(2.0, ge=0, description="Skip files modified less than this many seconds ago")),
-    **{
-        name: (field.annotation, field)
-        for name, field in EditParams.model_fields.items()
-        if name not in _PER_MANIFEST
-    },
+    **{name: (field.annotation, field) for name, field in EditParams.model_fields.items() if name not in _PER_MANIFEST},
 )
 
 _INBOX_ONLY = set(InboxParams.model_fields) - set(EditParams.model_fields)  # inbox, settle_s
@@ -92,8 +88,11 @@ def pending_manifests(inbox: Path, settle_s: float) -> list[Path]:
     """Manifests waiting in the inbox, oldest first (hidden files and files still being written skipped)."""
     now = time.time()
     found = [
-        p for p in inbox.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUFFIXES
+        p
+        for p in inbox.iterdir()
+        if p.is_file()
+        and not p.name.startswith(".")
+        and p.suffix.lower() in SUFFIXES
         and now - p.stat().st_mtime >= settle_s
     ]
     return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))

@@ -88,8 +88,10 @@ def prompt_reference_errors(prompt: str, *, has_video: bool, n_images: int, n_el
     """Every problem with a prompt and its references: empty, too many references, dangling ones."""
     count = reference_count_error(n_images, n_elements)
     empty = [] if prompt.strip() else ["prompt is empty"]
-    return empty + ([count] if count else []) + dangling_reference_errors(
-        prompt, has_video=has_video, n_images=n_images, n_elements=n_elements
+    return (
+        empty
+        + ([count] if count else [])
+        + dangling_reference_errors(prompt, has_video=has_video, n_images=n_images, n_elements=n_elements)
     )
 
 

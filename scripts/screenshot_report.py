@@ -37,8 +37,15 @@ def find_chromium() -> str | None:
     return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
 
 
-def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 2000, chromium: str | None = None,
-               timeout_s: float = 120.0) -> Path:
+def screenshot(
+    html: Path,
+    png: Path,
+    *,
+    width: int = 1280,
+    height: int = 2000,
+    chromium: str | None = None,
+    timeout_s: float = 120.0,
+) -> Path:
     """Render `html` headless and write a width x height PNG; raises if Chromium fails or writes nothing."""
     binary = chromium or find_chromium()
     if binary is None:
@@ -47,10 +54,22 @@ def screenshot(html: Path, png: Path, *, width: int = 1280, height: int = 2000, 
     png.parent.mkdir(parents=True, exist_ok=True)
     png.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="klingflow-chromium-") as profile:
-        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--hide-scrollbars", f"--user-data-dir={profile}", f"--screenshot={png}",
-               f"--window-size={width},{height}", Path(html).absolute().as_uri()]
+        cmd = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png}",
+            f"--window-size={width},{height}",
+            Path(html).absolute().as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if not png.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}")
@@ -81,8 +100,8 @@ def _restyle(src: Path, dst: Path) -> Path:
 
 def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
     from klingflow.endpoint import cost_usd
+    from klingflow.media.synth import make_clip
     from klingflow.models import JobRecord
-    from klingflow.synth import make_clip
 
     seconds = 3 + i
     src = make_clip(media / f"run{run}-{i}-in.mp4", seconds=seconds, width=640, height=360, audio=False)
@@ -90,12 +109,25 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
     sub = start + timedelta(hours=run, seconds=i * 5)
     cost = float(cost_usd(seconds))
     job = JobRecord(
-        job_id=f"job-{i + 1}", row=i + 1, prompt=f"Restyle @Video1 as a {STYLES[i]} scene", video=str(src),
-        input_path=str(src), input_duration_s=float(seconds), estimated_seconds=seconds, estimated_cost_usd=cost,
-        submitted_at=sub, started_at=sub + timedelta(seconds=4 + 3 * i),
-        completed_at=sub + timedelta(seconds=60 + 25 * i + 10 * run), status="succeeded", output_path=str(out),
-        output_url=f"https://v3.fal.media/files/demo/run{run}-{i}.mp4", output_duration_s=float(seconds),
-        billed_seconds=float(seconds), cost_usd=cost, cost_source="header")
+        job_id=f"job-{i + 1}",
+        row=i + 1,
+        prompt=f"Restyle @Video1 as a {STYLES[i]} scene",
+        video=str(src),
+        input_path=str(src),
+        input_duration_s=float(seconds),
+        estimated_seconds=seconds,
+        estimated_cost_usd=cost,
+        submitted_at=sub,
+        started_at=sub + timedelta(seconds=4 + 3 * i),
+        completed_at=sub + timedelta(seconds=60 + 25 * i + 10 * run),
+        status="succeeded",
+        output_path=str(out),
+        output_url=f"https://v3.fal.media/files/demo/run{run}-{i}.mp4",
+        output_duration_s=float(seconds),
+        billed_seconds=float(seconds),
+        cost_usd=cost,
+        cost_source="header",
+    )
     if run == 1 and i == 2:
         job = job.fail("collect", "row 3 (job-3): collect failed: request timed out after 3600 s")
         job = job.model_copy(update={"output_path": None, "cost_usd": None, "billed_seconds": None})
@@ -105,17 +137,23 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
 def demo_report(folder: Path) -> Path:
     """Write a two-run demo history with real synthetic clips and its cross-run HTML report."""
     from klingflow.endpoint import ENDPOINT_ID
-    from klingflow.report_html import write_html
-    from klingflow.report_writer import read_history, records_to_table, write_run_report
+    from klingflow.report.html import write_html
+    from klingflow.report.writer import read_history, records_to_table, write_run_report
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     for run in range(2):
         records = [_demo_job(run, i, folder / "media", start) for i in range(3)]
-        table = records_to_table(records, run_id=f"demo-run-{run + 1}", run_started_at=start + timedelta(hours=run),
-                                 backend="simulator", endpoint=ENDPOINT_ID)
+        table = records_to_table(
+            records,
+            run_id=f"demo-run-{run + 1}",
+            run_started_at=start + timedelta(hours=run),
+            backend="simulator",
+            endpoint=ENDPOINT_ID,
+        )
         write_run_report(table, folder / "reports", run_id=f"demo-run-{run + 1}")
-    return write_html(read_history(folder / "reports"), folder / "reports" / "_html" / "demo.html",
-                      title="klingflow demo report")
+    return write_html(
+        read_history(folder / "reports"), folder / "reports" / "_html" / "demo.html", title="klingflow demo report"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,13 +27,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from klingflow.backend import BackendSession
-from klingflow.download import DownloadError, stream_to_file
 from klingflow.endpoint import EditOutput, billable_seconds, cost_usd
 from klingflow.errors import MediaError
+from klingflow.fal.backend import BackendSession
 from klingflow.hashing import sha256_file
+from klingflow.media.download import DownloadError, stream_to_file
+from klingflow.media.probe import probe_video
 from klingflow.models import JobRecord
-from klingflow.probe import probe_video
 
 GROWTH = 1.5
 UNREACHABLE_STAGE = "collect-unreachable"  # error_stage when fal could not be asked: the request may still finish
@@ -210,8 +210,13 @@ async def download(record: JobRecord, output_dir: str) -> JobRecord:
     result = await download_and_verify(record, Path(output_dir))
     logger = get_run_logger()
     if result.status == "succeeded":
-        logger.info("%s: %s (%.2f s, $%.2f)", record.job_id, result.output_path, result.output_duration_s or 0,
-                    result.cost_usd or 0)
+        logger.info(
+            "%s: %s (%.2f s, $%.2f)",
+            record.job_id,
+            result.output_path,
+            result.output_duration_s or 0,
+            result.cost_usd or 0,
+        )
     elif result.error:
         logger.error("%s", result.error)
     return result

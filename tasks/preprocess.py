@@ -1,4 +1,4 @@
-"""Preprocess stage as a Prefect task: a thin wrapper over klingflow.preprocess.preprocess_job.
+"""Preprocess stage as a Prefect task: a thin wrapper over klingflow.media.preprocess.preprocess_job.
 
 No Prefect caching (NO_CACHE): preprocess_job has its own content-hash transcode cache, shared by
 every worker through the state dir, and records must not be replayed from a stale result.
@@ -12,8 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from klingflow.media.preprocess import PreprocessSettings, preprocess_job
 from klingflow.models import JobRecord
-from klingflow.preprocess import PreprocessSettings, preprocess_job
 
 
 @task(name="preprocess", cache_policy=NO_CACHE, task_run_name="preprocess-{record.job_id}")

@@ -32,9 +32,9 @@ from prefect.logging import get_logger, get_run_logger
 from pydantic import BaseModel
 
 from klingflow.models import JobRecord
-from klingflow.report_html import write_html
-from klingflow.report_summary import Summary, Totals, format_usd, summarize
-from klingflow.report_writer import HTML_SUBDIR, records_to_table, run_file_name, thumb_cache_dir, write_run_report
+from klingflow.report.html import write_html
+from klingflow.report.summary import Summary, Totals, format_usd, summarize
+from klingflow.report.writer import HTML_SUBDIR, records_to_table, run_file_name, thumb_cache_dir, write_run_report
 
 TABLE_KEY = "klingflow-jobs"
 SUMMARY_KEY = "klingflow-summary"
@@ -62,8 +62,13 @@ def _write_files(table: pa.Table, report_dir: Path, run_id: str) -> tuple[Path, 
     df = table.to_pandas()
     summary = summarize(df)
     try:
-        html = write_html(df, html_path_for(report_dir, run_id), title=f"klingflow run {run_id}", summary=summary,
-                          thumb_cache_dir=thumb_cache_dir(report_dir))
+        html = write_html(
+            df,
+            html_path_for(report_dir, run_id),
+            title=f"klingflow run {run_id}",
+            summary=summary,
+            thumb_cache_dir=thumb_cache_dir(report_dir),
+        )
     except Exception:  # noqa: BLE001 - the parquet is written; a broken page must not fail a paid run
         get_logger("klingflow.report").exception("HTML report for run %s failed", run_id)
         html = None
@@ -71,12 +76,12 @@ def _write_files(table: pa.Table, report_dir: Path, run_id: str) -> tuple[Path, 
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-async def report(records: list[JobRecord], *, run_id: str, run_started_at: datetime, backend: str, endpoint: str,
-                 report_dir: str) -> ReportPaths:
+async def report(
+    records: list[JobRecord], *, run_id: str, run_started_at: datetime, backend: str, endpoint: str, report_dir: str
+) -> ReportPaths:
     """Write the run's parquet file and HTML page and publish the table/summary/link artifacts."""
     logger = get_run_logger()
-    table = records_to_table(records, run_id=run_id, run_started_at=run_started_at, backend=backend,
-                             endpoint=endpoint)
+    table = records_to_table(records, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint)
     parquet, html, df, summary = await asyncio.to_thread(_write_files, table, Path(report_dir), run_id)
     logger.info("report: %s%s", parquet, f", {html}" if html else " (no HTML page)")
     try:
@@ -86,14 +91,22 @@ async def report(records: list[JobRecord], *, run_id: str, run_started_at: datet
     return ReportPaths(parquet_path=parquet, html_path=html, totals=summary.totals)
 
 
-async def _publish_artifacts(df: pd.DataFrame, summary: Summary, *, run_id: str, parquet: Path,
-                             html: Path | None) -> None:
+async def _publish_artifacts(
+    df: pd.DataFrame, summary: Summary, *, run_id: str, parquet: Path, html: Path | None
+) -> None:
     await acreate_table_artifact(table=job_table(df), key=TABLE_KEY, description=f"Jobs of run {run_id}")
-    await acreate_markdown_artifact(markdown=summary_markdown(summary, run_id=run_id, parquet=parquet, html=html),
-                                    key=SUMMARY_KEY, description=f"Summary of run {run_id}")
+    await acreate_markdown_artifact(
+        markdown=summary_markdown(summary, run_id=run_id, parquet=parquet, html=html),
+        key=SUMMARY_KEY,
+        description=f"Summary of run {run_id}",
+    )
     if html is not None:
-        await acreate_link_artifact(link=html.absolute().as_uri(), link_text=f"HTML report of run {run_id}",
-                                    key=LINK_KEY, description=f"Offline HTML report of run {run_id}")
+        await acreate_link_artifact(
+            link=html.absolute().as_uri(),
+            link_text=f"HTML report of run {run_id}",
+            key=LINK_KEY,
+            description=f"Offline HTML report of run {run_id}",
+        )
 
 
 def _cell(value: Any) -> Any:
@@ -106,9 +119,23 @@ def _cell(value: Any) -> Any:
 
 def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     """One artifact row per job: identity, status, money, timing, error and where the output is."""
-    columns = ["row", "job_id", "status", "prompt", "estimated_cost_usd", "cost_usd", "billed_seconds",
-               "cost_source", "queued_s", "processing_s", "total_s", "error_stage", "error", "output_url",
-               "output_path"]
+    columns = [
+        "row",
+        "job_id",
+        "status",
+        "prompt",
+        "estimated_cost_usd",
+        "cost_usd",
+        "billed_seconds",
+        "cost_source",
+        "queued_s",
+        "processing_s",
+        "total_s",
+        "error_stage",
+        "error",
+        "output_url",
+        "output_path",
+    ]
     rows = []
     for rec in df[columns].to_dict("records"):
         row = {c: _cell(rec[c]) for c in columns}
@@ -174,8 +201,9 @@ class ProgressTracker:
         if FlowRunContext.get() is None and TaskRunContext.get() is None:
             return
         try:
-            self._artifact_id = create_progress_artifact(progress=self.percent, key=key,
-                                                         description=self._description(), _sync=True)
+            self._artifact_id = create_progress_artifact(
+                progress=self.percent, key=key, description=self._description(), _sync=True
+            )
         except Exception:  # noqa: BLE001 - progress is cosmetic
             get_logger("klingflow.report").warning("could not create the progress artifact", exc_info=True)
 
@@ -193,7 +221,12 @@ class ProgressTracker:
             if self._artifact_id is None:
                 return
             try:
-                self._context.copy().run(update_progress_artifact, artifact_id=self._artifact_id,
-                                         progress=self.percent, description=self._description(), _sync=True)
+                self._context.copy().run(
+                    update_progress_artifact,
+                    artifact_id=self._artifact_id,
+                    progress=self.percent,
+                    description=self._description(),
+                    _sync=True,
+                )
             except Exception:  # noqa: BLE001 - progress is cosmetic
                 get_logger("klingflow.report").warning("could not update the progress artifact", exc_info=True)

@@ -22,8 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from klingflow import __version__
-from klingflow.backend import BackendSession
 from klingflow.endpoint import EditInput, ElementInput
+from klingflow.fal.backend import BackendSession
 from klingflow.models import JobRecord
 
 SUBMIT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)

@@ -18,10 +18,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from klingflow.backend import BackendSession
+from klingflow.cachedir import open_json_cache
 from klingflow.errors import JobError
+from klingflow.fal.backend import BackendSession
 from klingflow.hashing import sha256_file
-from klingflow.jsoncache import open_json_cache
 from klingflow.models import JobRecord
 
 

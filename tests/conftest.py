@@ -38,7 +38,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 @pytest.fixture
 def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fast simulator that the pipeline uses through KLINGFLOW_SIMULATOR_URL (shared queue and ledger)."""
-    from falsim import Simulator, SimulatorConfig
+    from klingflow.simulator import Simulator, SimulatorConfig
 
     sim = Simulator(
         SimulatorConfig(state_dir=tmp_path / "sim-state", time_scale=0.05, log_interval_s=0.05, concurrency_per_key=2)
@@ -87,8 +87,8 @@ def session(simulator):
     """A backend session on the `simulator` fixture, as the flow opens one (real fal_client)."""
     import fal_client
 
-    from klingflow.backend import BackendSession
-    from klingflow.fal_backend import point_fal_client_at
+    from klingflow.fal.backend import BackendSession
+    from klingflow.fal.urls import point_fal_client_at
     from klingflow.models import Backend
 
     point_fal_client_at(simulator.url)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.synth import make_audio_only, make_clip, make_image
+from klingflow.media.synth import make_audio_only, make_clip, make_image
 
 HD = {"width": 1280, "height": 720}
 HDR10 = {"codec": "libx265", "pix_fmt": "yuv420p10le", "color_trc": 16, "color_primaries": 9, "colorspace": 9}
@@ -58,7 +58,7 @@ def _faststart_truncated(path: Path, source: Path) -> None:
     """Remux with moov first (index intact), then cut: opens fine, data missing."""
     import subprocess
 
-    from klingflow.media_ffmpeg import ffmpeg_exe
+    from klingflow.media.ffmpeg import ffmpeg_exe
 
     full = path.with_name("faststart_full.mp4")
     cmd = [ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(source), "-c", "copy", "-movflags", "+faststart"]

@@ -8,13 +8,14 @@ from pathlib import Path
 import fal_client.client as fc
 import pytest
 
-from klingflow.backend import SIMULATOR_KEY, choose_backend, open_backend
-from klingflow.fal_backend import FAL_DEFAULTS, point_fal_client_at, point_fal_client_at_fal
+from klingflow.fal.backend import SIMULATOR_KEY, choose_backend, open_backend
+from klingflow.fal.urls import FAL_DEFAULTS, point_fal_client_at, point_fal_client_at_fal
 from klingflow.models import Backend, EditParams
 
 
-def test_auto_without_a_key_uses_the_simulator_loudly(monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_without_a_key_uses_the_simulator_loudly(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """No key configured: auto means the simulator, with a warning saying so."""
     monkeypatch.delenv("FAL_KEY")
     with caplog.at_level(logging.WARNING):
@@ -33,8 +34,11 @@ def test_auto_with_a_key_uses_fal_loudly(caplog: pytest.LogCaptureFixture) -> No
 def test_redirection_covers_queue_rest_and_cdn_and_is_reversible() -> None:
     """All four URL constants follow the simulator, and fal's own come back."""
     point_fal_client_at("http://127.0.0.1:9")
-    assert (fc.QUEUE_URL_FORMAT, fc.REST_URL, fc.CDN_URL) == ("http://127.0.0.1:9/", "http://127.0.0.1:9",
-                                                              "http://127.0.0.1:9")
+    assert (fc.QUEUE_URL_FORMAT, fc.REST_URL, fc.CDN_URL) == (
+        "http://127.0.0.1:9/",
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9",
+    )
     point_fal_client_at_fal()
     assert fc.QUEUE_URL_FORMAT == FAL_DEFAULTS["QUEUE_URL_FORMAT"] == "https://queue.fal.run/"
 
@@ -54,8 +58,9 @@ def test_fal_without_a_key_cannot_start(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.delenv("FAL_KEY")
     from klingflow.errors import BackendError
 
-    with pytest.raises(BackendError, match="needs a key"), open_backend(
-        EditParams(manifest="m.csv", backend="fal", state_dir=str(tmp_path))
+    with (
+        pytest.raises(BackendError, match="needs a key"),
+        open_backend(EditParams(manifest="m.csv", backend="fal", state_dir=str(tmp_path))),
     ):
         pass
 

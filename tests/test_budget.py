@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from klingflow.budget import Budget
+from klingflow.ledger.budget import Budget
 
 
 def test_reservations_stop_at_the_cap() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 import fal_client
 import pytest
 
-from klingflow.backend import BackendSession
 from klingflow.endpoint import ENDPOINT_ID
-from klingflow.fal_backend import point_fal_client_at
+from klingflow.fal.backend import BackendSession
+from klingflow.fal.urls import point_fal_client_at
+from klingflow.media.synth import make_clip
 from klingflow.models import JobRecord
-from klingflow.synth import make_clip
 from tasks.collect import PollSettings, download_and_verify, next_interval, wait_for_result
 from tests.conftest import SESSION_KEY as KEY
 
@@ -43,8 +43,16 @@ async def test_wait_counts_polls_forwards_logs_and_reads_the_bill(
     clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)
     url = await session.client.upload_file(clip)
     handle = await session.client.submit(ENDPOINT_ID, {"prompt": "p @Video1", "video_url": url})
-    record = JobRecord(job_id="j", row=1, prompt="p", video=str(clip), request_id=handle.request_id,
-                       submitted_at=datetime.now(UTC), input_duration_s=3.0, estimated_seconds=3)
+    record = JobRecord(
+        job_id="j",
+        row=1,
+        prompt="p",
+        video=str(clip),
+        request_id=handle.request_id,
+        submitted_at=datetime.now(UTC),
+        input_duration_s=3.0,
+        estimated_seconds=3,
+    )
     logger = logging.getLogger("collect-test")
     with caplog.at_level(logging.INFO, logger="collect-test"):
         done = await wait_for_result(record, session, ENDPOINT_ID, PollSettings(0.05, 0.2, 60), logger)
@@ -63,16 +71,18 @@ async def test_wait_counts_polls_forwards_logs_and_reads_the_bill(
 
 async def test_timeout_cancels_the_request(tmp_path: Path, simulator, session: BackendSession) -> None:
     """A job past its timeout is cancelled at fal and reported as cancelled, never billed."""
-    from falsim import FaultConfig
+    from klingflow.simulator import FaultConfig
 
     simulator.set_faults(FaultConfig(hang_prompts_containing=["HANG"]))
     clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)
     url = await session.client.upload_file(clip)
     handle = await session.client.submit(ENDPOINT_ID, {"prompt": "HANG @Video1", "video_url": url})
-    record = JobRecord(job_id="j", row=1, prompt="HANG", video=str(clip), request_id=handle.request_id,
-                       submitted_at=datetime.now(UTC))
-    done = await wait_for_result(record, session, ENDPOINT_ID, PollSettings(0.05, 0.1, 0.5),
-                                 logging.getLogger("collect-test"))
+    record = JobRecord(
+        job_id="j", row=1, prompt="HANG", video=str(clip), request_id=handle.request_id, submitted_at=datetime.now(UTC)
+    )
+    done = await wait_for_result(
+        record, session, ENDPOINT_ID, PollSettings(0.05, 0.1, 0.5), logging.getLogger("collect-test")
+    )
     assert done.status == "cancelled"
     assert "timed out" in done.error
     outcome = next(r for r in simulator_requests(simulator) if r["request_id"] == handle.request_id)["outcome"]
@@ -86,8 +96,9 @@ async def test_a_wrong_duration_output_is_rejected_and_leaves_no_file(tmp_path: 
     sync = fal_client.SyncClient(key=KEY)
     point_fal_client_at(simulator.url)
     url = sync.upload_file(clip)
-    record = JobRecord(job_id="j", row=1, prompt="p", video=str(clip), request_id="r", output_url=url,
-                       input_duration_s=8.0)
+    record = JobRecord(
+        job_id="j", row=1, prompt="p", video=str(clip), request_id="r", output_url=url, input_duration_s=8.0
+    )
     done = await download_and_verify(record, tmp_path / "out")
     assert done.status == "failed"
     assert "lasts 3.00 s but the input lasts 8.00 s" in done.error

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from klingflow.concurrency import RequestSlots, ensure_global_limit
+from klingflow.fal.slots import RequestSlots, ensure_global_limit
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

@@ -2,7 +2,7 @@
 and runs triggered through the REST API exactly as the UI's "Custom run" form does it.
 
 Everything is a real subprocess on loopback ports with its own PREFECT_HOME (SQLite) and a standalone
-simulator (`python -m falsim`); the workers run the flows from this checkout through the pull step.
+simulator (`python -m klingflow.simulator`); the workers run the flows from this checkout through the pull step.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from klingflow.request_ledger import LedgerEntry, RequestLedger
-from klingflow.synth import make_clip
+from klingflow.ledger.store import LedgerEntry, RequestLedger
+from klingflow.media.synth import make_clip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -67,15 +67,30 @@ class Stack:
     def start(self, name: str, argv: list[str], **env: str) -> subprocess.Popen:
         """Start a long-lived process in its own process group, output to logs/<name>.log."""
         out = self.log(name).open("ab")
-        proc = subprocess.Popen(argv, cwd=REPO, env={**self.env, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**self.env, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.procs.append((name, proc))
         return proc
 
     def run(self, name: str, argv: list[str], timeout: float = 180, **env: str) -> str:
         """Run a command to completion; fail with its output if it exits non-zero."""
-        done = subprocess.run(argv, cwd=REPO, env={**self.env, **env}, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+        done = subprocess.run(
+            argv,
+            cwd=REPO,
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
         self.log(name).write_text(done.stdout + done.stderr)
         assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
         return done.stdout + done.stderr
@@ -132,18 +147,20 @@ def _clean_env(root: Path, marker: str) -> dict[str, str]:
     """This process's environment minus any Prefect/klingflow settings, plus a private PREFECT_HOME."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "KLINGFLOW_", "FAL_"))}
     home = root / "prefect-home"
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_CLI_PROMPT": "false",
-        "KLINGFLOW_HOME": str(root / "shared-state"),  # one state_dir for both workers: a "shared filesystem"
-        "KLINGFLOW_E2E_MARKER": marker,
-        "NO_PROXY": "127.0.0.1,localhost",
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_CLI_PROMPT": "false",
+            "KLINGFLOW_HOME": str(root / "shared-state"),  # one state_dir for both workers: a "shared filesystem"
+            "KLINGFLOW_E2E_MARKER": marker,
+            "NO_PROXY": "127.0.0.1,localhost",
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+    )
     return env
 
 
@@ -171,21 +188,75 @@ def _start_services(stack: Stack) -> None:
     api_port, sim_port = _free_port(), _free_port()
     stack.api = f"http://127.0.0.1:{api_port}/api"
     stack.env["PREFECT_API_URL"] = stack.api
-    server = stack.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                                    "--port", str(api_port), "--no-ui", "--analytics-off"])
+    server = stack.start(
+        "server",
+        [
+            str(BIN / "prefect"),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(api_port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+    )
     stack.sim = f"http://127.0.0.1:{sim_port}"
-    sim = stack.start("simulator", [sys.executable, "-m", "falsim", "--port", str(sim_port), "--state-dir",
-                                    str(stack.root / "sim-state"), "--time-scale", "0.5", "--concurrency", "8",
-                                    "--log-interval", "0.2"])
+    sim = stack.start(
+        "simulator",
+        [
+            sys.executable,
+            "-m",
+            "klingflow.simulator",
+            "--port",
+            str(sim_port),
+            "--state-dir",
+            str(stack.root / "sim-state"),
+            "--time-scale",
+            "0.5",
+            "--concurrency",
+            "8",
+            "--log-interval",
+            "0.2",
+        ],
+    )
     _wait_http(f"{stack.sim}/_simulator/health", stack, sim, 30)
     _wait_http(f"{stack.api}/health", stack, server, SERVER_START_TIMEOUT_S)
-    stack.run("setup", [sys.executable, "-m", "klingflow.setup_prefect", "--concurrency", str(LIMIT),
-                        "--fal-key-from-env", "--no-demo-media"], FAL_KEY=stack.fal_key)
-    stack.run("deploy", [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file",
-                         str(REPO / "prefect.yaml")])
+    stack.run(
+        "setup",
+        [
+            sys.executable,
+            "-m",
+            "klingflow.app.setup",
+            "--concurrency",
+            str(LIMIT),
+            "--fal-key-from-env",
+            "--no-demo-media",
+        ],
+        FAL_KEY=stack.fal_key,
+    )
+    stack.run(
+        "deploy", [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", str(REPO / "prefect.yaml")]
+    )
     for name in ("worker-1", "worker-2"):
-        stack.start(name, [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name, "--limit", "1",
-                           "--install-policy", "never"], KLINGFLOW_SIMULATOR_URL=stack.sim)
+        stack.start(
+            name,
+            [
+                str(BIN / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--name",
+                name,
+                "--limit",
+                "1",
+                "--install-policy",
+                "never",
+            ],
+            KLINGFLOW_SIMULATOR_URL=stack.sim,
+        )
     _wait_workers(stack, {"worker-1", "worker-2"})
 
 
@@ -244,8 +315,10 @@ def _wait_finished(stack: Stack, run_ids: list[str]) -> dict[str, dict]:
 
 
 def _manifest(path: Path, clip: Path, tag: str) -> Path:
-    rows = [json.dumps({"id": f"{tag}-{i}", "prompt": f"Run {tag}: edit {i} of @Video1", "video": str(clip)})
-            for i in range(JOBS_PER_RUN)]
+    rows = [
+        json.dumps({"id": f"{tag}-{i}", "prompt": f"Run {tag}: edit {i} of @Video1", "video": str(clip)})
+        for i in range(JOBS_PER_RUN)
+    ]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -257,15 +330,16 @@ def test_deploy_registers_a_form_and_a_paused_inbox_schedule(stack: Stack) -> No
     assert schema["required"] == ["params"]
     assert "EditParams" in json.dumps(schema["properties"]["params"])
     assert adhoc["parameters"]["params"] == {"manifest": "data/demo/manifest.csv", "backend": "simulator"}
-    assert adhoc["pull_steps"] == [{"klingflow.setup_prefect.enter_repo": {}}]
+    assert adhoc["pull_steps"] == [{"klingflow.app.setup.enter_repo": {}}]
     inbox = _deployment(stack, "process_inbox/edit-videos-inbox")
     assert [(s["schedule"]["interval"], s["active"]) for s in inbox["schedules"]] == [(300.0, False)]
 
 
 def test_setup_is_idempotent(stack: Stack) -> None:
     """Running the setup command again changes nothing and leaves the limit and the pool as they were."""
-    out = stack.run("setup-again", [sys.executable, "-m", "klingflow.setup_prefect", "--concurrency", str(LIMIT),
-                                    "--no-demo-media"])
+    out = stack.run(
+        "setup-again", [sys.executable, "-m", "klingflow.app.setup", "--concurrency", str(LIMIT), "--no-demo-media"]
+    )
     assert f"'klingflow-fal' = {LIMIT} (unchanged)" in out and f"work pool {POOL!r} exists" in out
     limit = _api(stack, "GET", "/v2/concurrency_limits/klingflow-fal").json()
     assert (limit["limit"], limit["active"]) == (LIMIT, True)
@@ -313,8 +387,9 @@ def test_two_workers_run_concurrently_within_the_global_limit(stack: Stack) -> N
 
 def test_fal_key_is_stored_as_a_secret_and_never_leaks(stack: Stack) -> None:
     """Setup stores FAL_KEY in the `fal-key` Secret block; it appears in no log and no run parameter."""
-    response = _api(stack, "GET", "/block_types/slug/secret/block_documents/name/fal-key",
-                    params={"include_secrets": "true"})
+    response = _api(
+        stack, "GET", "/block_types/slug/secret/block_documents/name/fal-key", params={"include_secrets": "true"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["data"]["value"] == stack.fal_key
     logs = "".join(p.read_text(errors="replace") for p in (stack.root / "logs").glob("*.log"))
@@ -332,9 +407,15 @@ def test_inbox_deployment_files_a_dropped_manifest(stack: Stack) -> None:
     (inbox / "drop.csv").write_text("id,prompt,video\ndrop-1,Make @Video1 sunny,media/clip.mp4\n")
     billed_before = len(httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json())
     deployment = _deployment(stack, "process_inbox/edit-videos-inbox")
-    params = {"inbox": str(inbox), "settle_s": 0, "backend": "simulator", "poll_interval_s": 0.2,
-              "poll_max_interval_s": 0.5, "output_dir": str(stack.root / "outputs-inbox"),
-              "report_dir": str(stack.root / "reports-inbox")}
+    params = {
+        "inbox": str(inbox),
+        "settle_s": 0,
+        "backend": "simulator",
+        "poll_interval_s": 0.2,
+        "poll_max_interval_s": 0.5,
+        "output_dir": str(stack.root / "outputs-inbox"),
+        "report_dir": str(stack.root / "reports-inbox"),
+    }
     run_id = _trigger(stack, deployment["id"], params)
 
     state = _wait_finished(stack, [run_id])[run_id]["state"]
@@ -350,8 +431,9 @@ def test_cancelling_a_run_cancels_its_requests_at_fal(stack: Stack, refused_in_f
     """Cancelling a run as the UI does cancels its requests still at fal (unbilled) and logs what was billed."""
     media = stack.root / f"media-cancel-{refused_in_flow}"
     clip = make_clip(media / "clip.mp4", seconds=3, width=1280, height=720)
-    rows = [{"id": f"hang-{i}", "prompt": f"HANG {refused_in_flow} {i} of @Video1", "video": str(clip)}
-            for i in range(3)]
+    rows = [
+        {"id": f"hang-{i}", "prompt": f"HANG {refused_in_flow} {i} of @Video1", "video": str(clip)} for i in range(3)
+    ]
     rows.append({"id": "quick", "prompt": f"Make @Video1 sunny {refused_in_flow}", "video": str(clip)})
     manifest = media / "cancel.jsonl"
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -378,8 +460,12 @@ def test_cancelling_a_run_cancels_its_requests_at_fal(stack: Stack, refused_in_f
         if refused_in_flow:  # the flow's own three cancels fail (500), so only the on_cancellation hook can succeed
             refuse = {**hang, "cancel": {"http_500": 1.0, "max_count": len(hanging)}}
             httpx.put(f"{stack.sim}/_simulator/faults", json=refuse, timeout=10).raise_for_status()
-        response = _api(stack, "POST", f"/flow_runs/{run_id}/set_state",
-                        json={"state": {"type": "CANCELLING", "name": "Cancelling"}})
+        response = _api(
+            stack,
+            "POST",
+            f"/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "CANCELLING", "name": "Cancelling"}},
+        )
         assert response.status_code in (200, 201), f"{response.status_code} {response.text}"
         state = _wait_finished(stack, [run_id])[run_id]["state"]
     finally:
@@ -391,8 +477,12 @@ def test_cancelling_a_run_cancels_its_requests_at_fal(stack: Stack, refused_in_f
     billed = {e["request_id"] for e in httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json()} - billed_before
     assert billed == {quick}
     entries = {e.job_id: e for e in _run_entries(state_dir, run_id)}
-    assert {job: e.state for job, e in entries.items()} == {"hang-0": "cancelled", "hang-1": "cancelled",
-                                                             "hang-2": "cancelled", "quick": "succeeded"}
+    assert {job: e.state for job, e in entries.items()} == {
+        "hang-0": "cancelled",
+        "hang-1": "cancelled",
+        "hang-2": "cancelled",
+        "quick": "succeeded",
+    }
     assert {e.request_id for job, e in entries.items() if job != "quick"} == hanging
     assert entries["quick"].request_id == quick and entries["quick"].cost_usd
     logs = _wait_log(stack, run_id, "already billed")
@@ -414,6 +504,7 @@ def _wait_log(stack: Stack, run_id: str, text: str, timeout: float = 15) -> str:
             return logs
         time.sleep(0.5)
     pytest.fail(f"no log of run {run_id} contains {text!r}:\n{logs}\n{stack.logs()}")
+
 
 def _run_entries(state_dir: Path, run_id: str) -> list[LedgerEntry]:
     """The request-ledger entries a flow run wrote (the simulator backend's namespace)."""

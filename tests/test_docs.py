@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from klingflow.cli import build_parser
-from klingflow.report_schema import REPORT_SCHEMA, SCHEMA_VERSION
+from klingflow.app.cli import build_parser
+from klingflow.report.schema import REPORT_SCHEMA, SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()

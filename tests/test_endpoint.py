@@ -36,12 +36,15 @@ def test_limits() -> None:
     assert not size_in_limits(640, 1280) and not size_in_limits(3840, 2160)
 
 
-@pytest.mark.parametrize(("prompt", "images", "elements", "fragment"), [
-    ("Use @Image2", 1, 0, "@Image2 but 1 image"),
-    ("Add @Element1", 0, 0, "@Element1 but 0 element"),
-    ("  ", 0, 0, "prompt is empty"),
-    ("x", 3, 2, "at most 4"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "images", "elements", "fragment"),
+    [
+        ("Use @Image2", 1, 0, "@Image2 but 1 image"),
+        ("Add @Element1", 0, 0, "@Element1 but 0 element"),
+        ("  ", 0, 0, "prompt is empty"),
+        ("x", 3, 2, "at most 4"),
+    ],
+)
 def test_prompt_reference_errors(prompt: str, images: int, elements: int, fragment: str) -> None:
     """Every dangling reference, an empty prompt and too many references are reported."""
     errors = prompt_reference_errors(prompt, has_video=True, n_images=images, n_elements=elements)

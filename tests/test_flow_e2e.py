@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from falsim import FaultConfig
-from klingflow.probe import probe_video
-from klingflow.synth import make_clip, make_image
+from klingflow.media.probe import probe_video
+from klingflow.media.synth import make_clip, make_image
+from klingflow.simulator import FaultConfig
 from tests.conftest import fast_params, run_flow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
@@ -37,12 +37,15 @@ async def test_batch_with_a_failing_job_reports_every_row_and_matches_the_ledger
 ) -> None:
     """Good jobs succeed, bad ones fail alone, and the report's bill equals the simulator's ledger."""
     simulator.set_faults(FaultConfig(fail_prompts_containing=["EXPLODE"]))
-    manifest = _manifest(tmp_path, [
-        f"ok-a,Make @Video1 snowy,{clips['a']},,true",
-        f"ok-b,Restyle @Video1 like @Image1,{clips['b']},{clips['img']},false",
-        f"boom,EXPLODE @Video1,{clips['c']},,true",
-        f"missing,Edit @Video1,{tmp_path / 'nope.mp4'},,true",
-    ])
+    manifest = _manifest(
+        tmp_path,
+        [
+            f"ok-a,Make @Video1 snowy,{clips['a']},,true",
+            f"ok-b,Restyle @Video1 like @Image1,{clips['b']},{clips['img']},false",
+            f"boom,EXPLODE @Video1,{clips['c']},,true",
+            f"missing,Edit @Video1,{tmp_path / 'nope.mp4'},,true",
+        ],
+    )
     state, summary = await run_flow(fast_params(tmp_path, manifest))
 
     assert state == "FAILED"
@@ -90,7 +93,7 @@ async def test_rerun_reuses_results_and_forced_rerun_uploads_nothing(
 async def test_concurrency_limit_holds_on_the_simulator(tmp_path: Path, simulator, clips: dict[str, Path]) -> None:
     """With max_concurrency=2, the simulator never sees more than 2 requests in flight."""
     simulator.stop()
-    from falsim import Simulator, SimulatorConfig
+    from klingflow.simulator import Simulator, SimulatorConfig
 
     wide = Simulator(SimulatorConfig(state_dir=tmp_path / "wide", time_scale=0.05, concurrency_per_key=10)).start()
     try:

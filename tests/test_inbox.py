@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flows.inbox import CLAIM_PREFIX, InboxParams, ManifestOutcome, claim, process_inbox
-from klingflow.synth import make_clip
+from klingflow.media.synth import make_clip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
 

@@ -37,8 +37,9 @@ def test_jsonl_and_yaml_give_the_same_jobs(tmp_path: Path) -> None:
     """JSONL and YAML manifests describe rows the same way."""
     rows = [{"id": "x", "prompt": "p", "video": "v.mp4", "images": ["a.png"]}, {"prompt": "q", "video": "/abs/w.mov"}]
     (tmp_path / "m.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    (tmp_path / "m.yaml").write_text("jobs:\n  - {id: x, prompt: p, video: v.mp4, images: [a.png]}\n"
-                                     "  - {prompt: q, video: /abs/w.mov}\n")
+    (tmp_path / "m.yaml").write_text(
+        "jobs:\n  - {id: x, prompt: p, video: v.mp4, images: [a.png]}\n  - {prompt: q, video: /abs/w.mov}\n"
+    )
     from_jsonl = load_manifest(tmp_path / "m.jsonl")
     from_yaml = load_manifest(tmp_path / "m.yaml")
     assert [j.model_dump() for j in from_jsonl] == [j.model_dump() for j in from_yaml]
@@ -72,11 +73,14 @@ def test_keep_audio_word_must_be_boolean(tmp_path: Path) -> None:
     assert job.status == "failed" and "keep_audio 'maybe'" in job.error
 
 
-@pytest.mark.parametrize(("name", "content", "reason"), [
-    ("missing.csv", None, "file not found"),
-    ("m.txt", "x", "unknown format"),
-    ("m.yaml", "just: a mapping\n", "must be a list"),
-])
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("missing.csv", None, "file not found"),
+        ("m.txt", "x", "unknown format"),
+        ("m.yaml", "just: a mapping\n", "must be a list"),
+    ],
+)
 def test_unreadable_manifest_raises(tmp_path: Path, name: str, content: str | None, reason: str) -> None:
     """A manifest that cannot be read at all stops the run with a clear reason."""
     path = tmp_path / name

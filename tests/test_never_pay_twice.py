@@ -15,8 +15,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from falsim import FaultConfig
-from klingflow.synth import make_clip
+from klingflow.media.synth import make_clip
+from klingflow.simulator import FaultConfig
 from tests.conftest import fast_params, run_flow
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_server")]
@@ -29,8 +29,9 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _manifest(tmp_path: Path, clip: Path, prompts: list[str]) -> Path:
     path = tmp_path / "manifest.jsonl"
-    path.write_text("".join(json.dumps({"id": f"j{i}", "prompt": p, "video": str(clip)}) + "\n"
-                            for i, p in enumerate(prompts)))
+    path.write_text(
+        "".join(json.dumps({"id": f"j{i}", "prompt": p, "video": str(clip)}) + "\n" for i, p in enumerate(prompts))
+    )
     return path
 
 
@@ -80,10 +81,29 @@ def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: 
     simulator.set_faults(FaultConfig(hang_prompts_containing=["HANG"]))
     manifest = _manifest(tmp_path, clip, [f"HANG {i} @Video1" for i in range(3)])
     env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    cmd = [sys.executable, "-m", "klingflow.cli", "run", str(manifest), "--backend", "simulator",
-           "--concurrency", "3", "--state-dir", str(tmp_path / "state"), "--out", str(tmp_path / "out"),
-           "--report-dir", str(tmp_path / "reports"), "--poll-interval", "0.1", "--poll-max-interval", "0.2",
-           "--concurrency-limit", f"klingflow-cancel-{tmp_path.name}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "klingflow.app.cli",
+        "run",
+        str(manifest),
+        "--backend",
+        "simulator",
+        "--concurrency",
+        "3",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--out",
+        str(tmp_path / "out"),
+        "--report-dir",
+        str(tmp_path / "reports"),
+        "--poll-interval",
+        "0.1",
+        "--poll-max-interval",
+        "0.2",
+        "--concurrency-limit",
+        f"klingflow-cancel-{tmp_path.name}",
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -105,7 +125,7 @@ def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: 
 
 async def test_lost_submit_answer_is_adopted_from_the_request_history(tmp_path: Path, simulator, clip: Path) -> None:
     """fal accepted the POST but the answer was lost: the job adopts that request; billed once."""
-    from falsim import RouteFaults
+    from klingflow.simulator import RouteFaults
 
     simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
     manifest = _manifest(tmp_path, clip, ["Lost answer @Video1"])
@@ -119,8 +139,8 @@ async def test_lost_submit_answer_is_adopted_from_the_request_history(tmp_path: 
 
 async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, simulator, clip: Path) -> None:
     """A ledger left at "submitting" (a crash mid-POST) is resumed from fal's history, not resent."""
-    from falsim import RouteFaults
-    from klingflow.request_ledger import RequestLedger
+    from klingflow.ledger.store import RequestLedger
+    from klingflow.simulator import RouteFaults
 
     simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
     manifest = _manifest(tmp_path, clip, ["Crash mid-submit @Video1"])
@@ -144,7 +164,7 @@ async def test_failed_download_is_recovered_next_run_without_paying_or_counting_
     tmp_path: Path, simulator, clip: Path
 ) -> None:
     """The output could not be downloaded: the next run fetches the paid result; the bill is reported once."""
-    from falsim import RouteFaults
+    from klingflow.simulator import RouteFaults
 
     simulator.set_faults(FaultConfig(download=RouteFaults(http_500=1.0, max_count=1)))
     params = fast_params(tmp_path, _manifest(tmp_path, clip, ["Download me @Video1"]))

@@ -18,9 +18,9 @@ from klingflow.endpoint import (
     duration_in_limits,
     fps_in_limits,
 )
+from klingflow.media.preprocess import AspectPolicy, PreprocessSettings, TooShortPolicy, preprocess_job
+from klingflow.media.probe import VideoProbe, probe_video
 from klingflow.models import EditParams, JobRecord, TooLongPolicy
-from klingflow.preprocess import AspectPolicy, PreprocessSettings, TooShortPolicy, preprocess_job
-from klingflow.probe import VideoProbe, probe_video
 from tests.corpus import Corpus, corpus_fixture  # noqa: F401  (session fixture `corpus`)
 
 

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from klingflow.endpoint import MAX_IMAGE_BYTES
+from klingflow.media.preprocess import PreprocessSettings, preprocess_job
 from klingflow.models import ElementSpec, JobRecord
-from klingflow.preprocess import PreprocessSettings, preprocess_job
 from tests.corpus import Corpus, corpus_fixture  # noqa: F401  (session fixture `corpus`)
 
 

@@ -6,10 +6,10 @@ import pytest
 
 from klingflow.endpoint import MAX_VIDEO_BYTES
 from klingflow.errors import MediaError
-from klingflow.media_ffmpeg import ffmpeg_args
-from klingflow.media_plan import AspectPolicy, PlanOptions, fit_size, plan_video, video_budget_kbps
+from klingflow.media.ffmpeg import ffmpeg_args
+from klingflow.media.plan import AspectPolicy, PlanOptions, fit_size, plan_video, video_budget_kbps
+from klingflow.media.probe import VideoProbe
 from klingflow.models import TooLongPolicy
-from klingflow.probe import VideoProbe
 
 BASE = {
     "path": "/in/clip.mp4",

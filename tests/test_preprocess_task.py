@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from klingflow.media.preprocess import PreprocessSettings
 from klingflow.models import JobRecord
-from klingflow.preprocess import PreprocessSettings
 from tasks.preprocess import preprocess
 from tests.corpus import Corpus, corpus_fixture  # noqa: F401  (session fixture `corpus`)
 

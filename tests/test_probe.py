@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.errors import MediaError
-from klingflow.probe import probe_video
+from klingflow.media.probe import probe_video
 from tests.corpus import Corpus, corpus_fixture  # noqa: F401  (session fixture `corpus`)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.report_cli import add_arguments, run
-from klingflow.report_summary import parse_bound
+from klingflow.report.cli import add_arguments, run
+from klingflow.report.summary import parse_bound
 from tests.test_report_support import three_run_history
 
 
@@ -39,10 +39,19 @@ def test_json_totals_across_all_runs(history: Path, capsys: pytest.CaptureFixtur
     assert t["success_rate"] == pytest.approx(3 / 7, abs=1e-6)
     assert t["cost_usd"] == pytest.approx(6.048) and t["estimated_cost_usd"] == pytest.approx(11.424)
     assert [(r["run_id"], round(r["cost_usd"], 3)) for r in data["by_run"]] == [
-        ("run-a", 5.04), ("run-b", 1.008), ("run-c", 0.0)]
+        ("run-a", 5.04),
+        ("run-b", 1.008),
+        ("run-c", 0.0),
+    ]
     assert [(d["day"], d["runs"], d["jobs"]) for d in data["by_day"]] == [("2025-03-01", 1, 2), ("2025-03-02", 2, 5)]
-    assert data["failures"][0] == {"status": "failed", "error_stage": "submit", "error": "HTTP 422: video too short",
-                                   "count": 3, "runs": 2, "examples": ["run-b/b2", "run-c/c1", "run-c/c2"]}
+    assert data["failures"][0] == {
+        "status": "failed",
+        "error_stage": "submit",
+        "error": "HTTP 422: video too short",
+        "count": 3,
+        "runs": 2,
+        "examples": ["run-b/b2", "run-c/c1", "run-c/c2"],
+    }
     assert t["durations"]["processing_s"] == {"n": 3, "p50": 60.0, "p95": pytest.approx(114.0), "max": 120.0}
     assert data["top_jobs"][0]["job_id"] == "a2"
 
@@ -51,8 +60,18 @@ def test_text_output_is_a_readable_summary(history: Path, capsys: pytest.Capture
     """The terminal view shows each table and the key numbers."""
     code, out, _ = _run([str(history)], capsys)
     assert code == 0
-    for expected in ("3 run(s), 7 job(s)", "Spend by run", "Spend by day", "Durations", "Failures by error",
-                     "Most expensive jobs", "$6.05", "HTTP 422: video too short", "timeout after 3600 s", "run-c"):
+    for expected in (
+        "3 run(s), 7 job(s)",
+        "Spend by run",
+        "Spend by day",
+        "Durations",
+        "Failures by error",
+        "Most expensive jobs",
+        "$6.05",
+        "HTTP 422: video too short",
+        "timeout after 3600 s",
+        "run-c",
+    ):
         assert expected in out
 
 
@@ -93,8 +112,9 @@ def test_csv_tables(history: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_html_for_chosen_runs(history: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--html writes one page covering exactly the filtered runs."""
     out_html = tmp_path / "out" / "two.html"
-    code, _, err = _run([str(history), "--run-id", "run-a", "--run-id", "run-b", "--html", str(out_html),
-                         "--no-thumbnails"], capsys)
+    code, _, err = _run(
+        [str(history), "--run-id", "run-a", "--run-id", "run-b", "--html", str(out_html), "--no-thumbnails"], capsys
+    )
     page = out_html.read_text()
     assert code == 0 and str(out_html) in err
     assert "<code>run-a</code>" in page and "<code>run-b</code>" in page and "<code>run-c</code>" not in page

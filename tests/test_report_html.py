@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from klingflow.report_html import ThumbnailMaker, decode_frames, render_html, safe_href, write_html
-from klingflow.report_writer import read_history
+from klingflow.report.html import ThumbnailMaker, decode_frames, render_html, safe_href, write_html
+from klingflow.report.writer import read_history
 from tests.test_report_support import clip_pair, failed, succeeded, three_run_history, write_run
 
 DATA_URI = re.compile(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
@@ -22,12 +22,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _one_run_with_clips(tmp_path: Path) -> Path:
     before, after = clip_pair(tmp_path / "media", "a")
-    write_run(tmp_path / "reports", "r1", [
-        succeeded("clip", 1, seconds=3, video=str(before), output_path=str(after)),
-        succeeded("gone", 2, seconds=3, video=str(tmp_path / "missing-in.mp4"),
-                  output_path=str(tmp_path / "missing-out.mp4")),
-        failed("bad", 3, error="HTTP 422: <script>alert(1)</script>"),
-    ])
+    write_run(
+        tmp_path / "reports",
+        "r1",
+        [
+            succeeded("clip", 1, seconds=3, video=str(before), output_path=str(after)),
+            succeeded(
+                "gone",
+                2,
+                seconds=3,
+                video=str(tmp_path / "missing-in.mp4"),
+                output_path=str(tmp_path / "missing-out.mp4"),
+            ),
+            failed("bad", 3, error="HTTP 422: <script>alert(1)</script>"),
+        ],
+    )
     return tmp_path / "reports"
 
 
@@ -56,8 +65,9 @@ def test_missing_and_undecodable_files_become_placeholders(tmp_path: Path) -> No
     garbage.write_bytes(b"\x00not a video" * 100)
     assert [t.note for t in decode_frames(tmp_path / "none.mp4", [1.0])] == ["file missing"]
     assert decode_frames(garbage, [1.0, 2.0])[0].note.startswith("not decodable")
-    pairs = ThumbnailMaker().pairs({"source_path": "https://example.com/in.mp4", "output_path": None,
-                                    "input_duration_s": 5.0})
+    pairs = ThumbnailMaker().pairs(
+        {"source_path": "https://example.com/in.mp4", "output_path": None, "input_duration_s": 5.0}
+    )
     assert {p.before.note for p in pairs} == {"no local input"} and {p.after.note for p in pairs} == {"no local output"}
     html = render_html(read_history(_one_run_with_clips(tmp_path)), title="t")
     assert 'class="ph">file missing<' in html

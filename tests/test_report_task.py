@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.context import get_run_context
 
-from klingflow.report_writer import read_history
+from klingflow.report.writer import read_history
 from tasks.report import (
     LINK_KEY,
     PROGRESS_KEY,
@@ -30,8 +30,10 @@ from tests.test_report_support import T0, clip_pair, failed, succeeded
 @flow
 async def _report_flow(report_dir: str, media: str) -> tuple[str, ReportPaths]:
     before, after = clip_pair(Path(media), "f")
-    records = [succeeded("ok", 1, seconds=5, video=str(before), output_path=str(after)),
-               failed("bad", 2, error="HTTP 422: video too short")]
+    records = [
+        succeeded("ok", 1, seconds=5, video=str(before), output_path=str(after)),
+        failed("bad", 2, error="HTTP 422: video too short"),
+    ]
     progress = ProgressTracker(total=len(records))
     threads = [threading.Thread(target=progress.advance) for _ in records]  # advance from worker threads ...
     for t in threads:
@@ -41,8 +43,14 @@ async def _report_flow(report_dir: str, media: str) -> tuple[str, ReportPaths]:
     await asyncio.sleep(0)
     progress.advance()  # ... and from the event loop (clamped at total)
     run_id = str(get_run_context().flow_run.id)
-    paths = await report(records, run_id=run_id, run_started_at=T0, backend="simulator",
-                         endpoint="fal-ai/kling-video/o3/pro/video-to-video/edit", report_dir=report_dir)
+    paths = await report(
+        records,
+        run_id=run_id,
+        run_started_at=T0,
+        backend="simulator",
+        endpoint="fal-ai/kling-video/o3/pro/video-to-video/edit",
+        report_dir=report_dir,
+    )
     return run_id, paths
 
 
@@ -67,12 +75,21 @@ def test_report_task_writes_files_and_artifacts(tmp_path: Path) -> None:
     artifacts = _artifacts(run_id)
     assert {TABLE_KEY, SUMMARY_KEY, LINK_KEY, PROGRESS_KEY} <= set(artifacts)
     rows = json.loads(artifacts[TABLE_KEY].data)
-    assert [(r["job_id"], r["status"], r["cost_usd"]) for r in rows] == [("ok", "succeeded", 1.68),
-                                                                         ("bad", "failed", None)]
+    assert [(r["job_id"], r["status"], r["cost_usd"]) for r in rows] == [
+        ("ok", "succeeded", 1.68),
+        ("bad", "failed", None),
+    ]
     markdown = artifacts[SUMMARY_KEY].data
-    for expected in ("| jobs | 2 |", "| succeeded | 1 |", "| failed | 1 |", "| total cost (billed) | $1.68 |",
-                     "| estimated cost | $3.02 |", "| billed - estimated | -$1.34 |", "| total_s |",
-                     "HTTP 422: video too short"):
+    for expected in (
+        "| jobs | 2 |",
+        "| succeeded | 1 |",
+        "| failed | 1 |",
+        "| total cost (billed) | $1.68 |",
+        "| estimated cost | $3.02 |",
+        "| billed - estimated | -$1.34 |",
+        "| total_s |",
+        "HTTP 422: video too short",
+    ):
         assert expected in markdown
     assert paths.html_path.absolute().as_uri() in artifacts[LINK_KEY].data
     assert artifacts[PROGRESS_KEY].data == 100.0

@@ -13,8 +13,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from klingflow.report_schema import REPORT_SCHEMA, SCHEMA_VERSION
-from klingflow.report_writer import (
+from klingflow.report.schema import REPORT_SCHEMA, SCHEMA_VERSION
+from klingflow.report.writer import (
     ReportSchemaError,
     conform_table,
     read_history,
@@ -36,8 +36,13 @@ def test_record_mapping_covers_every_schema_column() -> None:
 
 def test_records_to_table_derives_columns() -> None:
     """Derived columns: source_* from the probe dict, counts, URLs and the three durations."""
-    table = records_to_table([succeeded("j", 1, queued=2.5, processing=60.0)], run_id="r", run_started_at=T0,
-                             backend="simulator", endpoint="e")
+    table = records_to_table(
+        [succeeded("j", 1, queued=2.5, processing=60.0)],
+        run_id="r",
+        run_started_at=T0,
+        backend="simulator",
+        endpoint="e",
+    )
     row = table.to_pylist()[0]
     assert table.schema.equals(REPORT_SCHEMA, check_metadata=True)
     assert row["schema_version"] == SCHEMA_VERSION
@@ -50,8 +55,9 @@ def test_records_to_table_derives_columns() -> None:
 
 def test_naive_datetimes_are_taken_as_utc() -> None:
     """A naive run start is stored as the same wall time in UTC, not shifted by the local zone."""
-    table = records_to_table([failed("j", 1)], run_id="r", run_started_at=datetime(2025, 3, 1, 9, 0),
-                             backend="b", endpoint="e")
+    table = records_to_table(
+        [failed("j", 1)], run_id="r", run_started_at=datetime(2025, 3, 1, 9, 0), backend="b", endpoint="e"
+    )
     assert table.column("run_started_at")[0].as_py() == T0
 
 
@@ -75,8 +81,9 @@ def test_ints_where_floats_are_expected_are_cast(tmp_path: Path) -> None:
     """A table with int64 costs and null-typed columns is written with REPORT_SCHEMA's types."""
     good = records_to_table([succeeded("a", 1)], run_id="r", run_started_at=T0, backend="b", endpoint="e")
     drifted = good.set_column(good.schema.get_field_index("cost_usd"), "cost_usd", pa.array([2], pa.int64()))
-    drifted = drifted.set_column(drifted.schema.get_field_index("billed_seconds"), "billed_seconds",
-                                 pa.nulls(1, pa.null()))
+    drifted = drifted.set_column(
+        drifted.schema.get_field_index("billed_seconds"), "billed_seconds", pa.nulls(1, pa.null())
+    )
     path = write_run_report(drifted, tmp_path, run_id="r")
     written = pq.read_table(path)
     assert written.schema.equals(REPORT_SCHEMA)
@@ -88,8 +95,10 @@ def test_ints_where_floats_are_expected_are_cast(tmp_path: Path) -> None:
     [
         (lambda t: t.drop_columns(["cost_usd"]), "missing"),
         (lambda t: t.append_column("surprise", pa.array([1])), "extra"),
-        (lambda t: t.set_column(t.schema.get_field_index("source_width"), "source_width", pa.array([1280.5])),
-         "source_width"),
+        (
+            lambda t: t.set_column(t.schema.get_field_index("source_width"), "source_width", pa.array([1280.5])),
+            "source_width",
+        ),
         (lambda t: t.set_column(t.schema.get_field_index("prompt"), "prompt", pa.nulls(1, pa.string())), "required"),
         (lambda t: t.set_column(t.schema.get_field_index("cost_usd"), "cost_usd", pa.array(["free"])), "cost_usd"),
     ],
@@ -112,8 +121,9 @@ def test_rows_of_another_run_are_rejected(tmp_path: Path) -> None:
 
 def test_conform_table_is_identity_for_good_tables() -> None:
     """A table already in REPORT_SCHEMA comes back equal, metadata included."""
-    table = records_to_table([succeeded("a", 1), failed("b", 2)], run_id="r", run_started_at=T0, backend="b",
-                             endpoint="e")
+    table = records_to_table(
+        [succeeded("a", 1), failed("b", 2)], run_id="r", run_started_at=T0, backend="b", endpoint="e"
+    )
     assert conform_table(table).equals(table, check_metadata=True)
 
 
@@ -151,9 +161,12 @@ def test_every_reader_sees_the_same_history(tmp_path: Path) -> None:
         "polars-scan": pl.scan_parquet(glob).collect().to_pandas(),
     }
     for name, df in frames.items():
-        got = {"jobs": len(df), "succeeded": int((df["status"] == "succeeded").sum()),
-               "cost": round(float(df["cost_usd"].sum()), 6),
-               "estimated": round(float(df["estimated_cost_usd"].sum()), 6)}
+        got = {
+            "jobs": len(df),
+            "succeeded": int((df["status"] == "succeeded").sum()),
+            "cost": round(float(df["cost_usd"].sum()), 6),
+            "estimated": round(float(df["estimated_cost_usd"].sum()), 6),
+        }
         assert got == EXPECTED, name
         assert set(df["run_id"]) == {"run-a", "run-b", "run-c"}, name
 
@@ -166,9 +179,12 @@ def test_engines_agree_on_types_and_sums(tmp_path: Path) -> None:
     duck = duckdb.sql(sql).fetchall()
     pandas = read_history(tmp_path).groupby("run_id")["cost_usd"].agg(["sum", "count", "size"])
     assert [(r, round(s or 0.0, 6), n) for r, s, n in duck] == [
-        (r, round(pandas.loc[r, "sum"], 6), int(pandas.loc[r, "size"])) for r in ("run-a", "run-b", "run-c")]
-    types = dict(duckdb.sql(f"DESCRIBE SELECT cost_usd, run_started_at FROM read_parquet('{glob}')").fetchall()[i][:2]
-                 for i in range(2))
+        (r, round(pandas.loc[r, "sum"], 6), int(pandas.loc[r, "size"])) for r in ("run-a", "run-b", "run-c")
+    ]
+    types = dict(
+        duckdb.sql(f"DESCRIBE SELECT cost_usd, run_started_at FROM read_parquet('{glob}')").fetchall()[i][:2]
+        for i in range(2)
+    )
     assert types == {"cost_usd": "DOUBLE", "run_started_at": "TIMESTAMP WITH TIME ZONE"}
     lazy = pl.scan_parquet(glob).group_by("run_id").agg(pl.col("cost_usd").sum()).sort("run_id").collect()
     assert lazy["cost_usd"].round(6).to_list() == [5.04, 1.008, 0.0]

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from klingflow.request_ledger import LedgerEntry, RequestLedger
+from klingflow.ledger.store import LedgerEntry, RequestLedger
 
 
 def _entry(key: str, state: str = "submitting") -> LedgerEntry:
@@ -51,7 +51,7 @@ def test_lock_blocks_a_live_holder_and_is_reentrant(tmp_path: Path) -> None:
     ledger = RequestLedger(tmp_path, "simulator")
     script = (
         "import sys,time; sys.path.insert(0, sys.argv[1]);"
-        "from klingflow.request_ledger import RequestLedger;"
+        "from klingflow.ledger.store import RequestLedger;"
         "l = RequestLedger(sys.argv[2], 'simulator'); assert l.try_lock('k', 'other'); print('locked', flush=True);"
         "time.sleep(30)"
     )

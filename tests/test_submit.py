@@ -8,11 +8,11 @@ from pathlib import Path
 import fal_client
 import pytest
 
-from falsim import FaultConfig, RouteFaults
-from klingflow.backend import BackendSession
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.fal.backend import BackendSession
+from klingflow.media.synth import make_clip
 from klingflow.models import Backend, JobRecord
-from klingflow.synth import make_clip
+from klingflow.simulator import FaultConfig, RouteFaults
 from tasks.submit import SubmitOutcomeUnknown, SubmitRejected, edit_arguments, post_once, submit_job
 from tests.conftest import SESSION_KEY as KEY
 
@@ -33,8 +33,9 @@ async def test_429_is_retried_and_submitted_once(simulator, session: BackendSess
 
 
 @pytest.mark.parametrize("fault", ["drop_after", "ingress_5xx", "http_500"])
-async def test_ambiguous_failures_are_never_resent(simulator, session: BackendSession, arguments: dict,
-                                                   fault: str) -> None:
+async def test_ambiguous_failures_are_never_resent(
+    simulator, session: BackendSession, arguments: dict, fault: str
+) -> None:
     """A lost answer or a 5xx leaves the outcome unknown: no second POST (fal_client would resend)."""
     simulator.set_faults(FaultConfig(submit=RouteFaults(**{fault: 1.0}, max_count=1)))
     with pytest.raises(SubmitOutcomeUnknown):
@@ -52,8 +53,9 @@ async def test_refused_connection_is_retried_then_rejected() -> None:
         await post_once(session, ENDPOINT_ID, {"prompt": "p", "video_url": "u"}, max_retries=1)
 
 
-async def test_submit_job_marks_unknown_outcomes_for_settlement(simulator, session: BackendSession,
-                                                                 arguments: dict) -> None:
+async def test_submit_job_marks_unknown_outcomes_for_settlement(
+    simulator, session: BackendSession, arguments: dict
+) -> None:
     """submit_job turns an unknown outcome into error_stage submit-unknown, never a silent retry."""
     simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1)))
     record = JobRecord(job_id="j", row=3, prompt="Edit @Video1", video="v.mp4", video_url=arguments["video_url"])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from klingflow.probe import probe_video
-from klingflow.synth import make_audio_only, make_clip, make_image
+from klingflow.media.probe import probe_video
+from klingflow.media.synth import make_audio_only, make_clip, make_image
 
 
 def test_make_clip_defaults_are_a_compliant_clip(tmp_path: Path) -> None:

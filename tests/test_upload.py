@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.backend import BackendSession
+from klingflow.cachedir import open_json_cache
+from klingflow.fal.backend import BackendSession
 from klingflow.hashing import sha256_file
-from klingflow.jsoncache import open_json_cache
+from klingflow.media.synth import make_clip, make_image
 from klingflow.models import ElementSpec, JobRecord
-from klingflow.synth import make_clip, make_image
 from tasks.upload import UploadCache, upload_job
 
 
@@ -19,9 +19,15 @@ from tasks.upload import UploadCache, upload_job
 def job(tmp_path: Path) -> JobRecord:
     clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)
     img = make_image(tmp_path / "i.png")
-    return JobRecord(job_id="j", row=1, prompt="p", video=str(clip), input_path=str(clip),
-                     prepared_images=[str(img)],
-                     prepared_elements=[ElementSpec(frontal=str(img), references=[str(img)])])
+    return JobRecord(
+        job_id="j",
+        row=1,
+        prompt="p",
+        video=str(clip),
+        input_path=str(clip),
+        prepared_images=[str(img)],
+        prepared_elements=[ElementSpec(frontal=str(img), references=[str(img)])],
+    )
 
 
 async def test_same_bytes_upload_once_per_run_and_never_on_the_next(
@@ -44,8 +50,9 @@ async def test_same_bytes_upload_once_per_run_and_never_on_the_next(
     assert second.video_url == first.video_url
 
 
-async def test_concurrent_jobs_share_one_upload(tmp_path: Path, simulator, session: BackendSession,
-                                                job: JobRecord) -> None:
+async def test_concurrent_jobs_share_one_upload(
+    tmp_path: Path, simulator, session: BackendSession, job: JobRecord
+) -> None:
     """Five jobs with the same video at once: one upload, five identical URLs."""
     cache = UploadCache(tmp_path / "uploads", session)
     bare = job.model_copy(update={"prepared_images": [], "prepared_elements": []})
@@ -55,8 +62,9 @@ async def test_concurrent_jobs_share_one_upload(tmp_path: Path, simulator, sessi
     assert len({r.video_url for r in results}) == 1
 
 
-async def test_a_url_no_longer_served_is_uploaded_again(tmp_path: Path, session: BackendSession,
-                                                        job: JobRecord) -> None:
+async def test_a_url_no_longer_served_is_uploaded_again(
+    tmp_path: Path, session: BackendSession, job: JobRecord
+) -> None:
     """A cached URL that fails its HEAD check (expired, or another simulator) is replaced by a new upload."""
     bare = job.model_copy(update={"prepared_images": [], "prepared_elements": []})
     cache = UploadCache(tmp_path / "uploads", session)
@@ -74,8 +82,9 @@ async def test_a_url_no_longer_served_is_uploaded_again(tmp_path: Path, session:
 
 async def test_upload_failure_is_the_jobs_error(tmp_path: Path, session: BackendSession, job: JobRecord) -> None:
     """A file that vanished before upload fails that job, naming the row and the file."""
-    missing = job.model_copy(update={"input_path": str(tmp_path / "gone.mp4"), "prepared_images": [],
-                                     "prepared_elements": []})
+    missing = job.model_copy(
+        update={"input_path": str(tmp_path / "gone.mp4"), "prepared_images": [], "prepared_elements": []}
+    )
     cache = UploadCache(tmp_path / "uploads", session)
     failed = await upload_job(missing, cache)
     cache.close()

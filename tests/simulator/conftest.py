@@ -10,10 +10,10 @@ from typing import Any
 import fal_client
 import pytest
 
-from falsim import Simulator, SimulatorConfig
 from klingflow.endpoint import ENDPOINT_ID
-from klingflow.fal_backend import point_fal_client_at
-from klingflow.synth import make_clip, make_image
+from klingflow.fal.urls import point_fal_client_at
+from klingflow.media.synth import make_clip, make_image
+from klingflow.simulator import Simulator, SimulatorConfig
 from tests.conftest import TEST_FAL_KEY
 
 SimFactory = Callable[..., Simulator]

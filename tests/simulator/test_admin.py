@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from falsim import FaultConfig
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator import FaultConfig
 from tests.simulator.conftest import edit_args, submit
 
 

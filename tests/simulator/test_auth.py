@@ -8,9 +8,9 @@ import fal_client
 import httpx
 import pytest
 
-from falsim import Simulator
-from falsim.auth import key_id
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator import Simulator
+from klingflow.simulator.auth import key_id
 from tests.conftest import TEST_FAL_KEY
 from tests.simulator.conftest import edit_args
 

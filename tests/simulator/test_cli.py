@@ -1,4 +1,4 @@
-"""The standalone simulator: `python -m falsim` options, startup and clean shutdown."""
+"""The standalone simulator: `python -m klingflow.simulator` options, startup and clean shutdown."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from falsim.cli import add_arguments, config_from_args
+from klingflow.simulator.cli import add_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +47,9 @@ def test_bad_fault_flag_is_rejected(tmp_path: Path):
 
 
 def test_python_m_falsim_serves_until_sigterm(tmp_path: Path):
-    """`python -m falsim` prints its URL, answers health checks and exits 0 on SIGTERM."""
+    """`python -m klingflow.simulator` prints its URL, answers health checks and exits 0 on SIGTERM."""
     env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost"}
-    cmd = [sys.executable, "-m", "falsim", "--port", "0", "--state-dir", str(tmp_path / "state")]
+    cmd = [sys.executable, "-m", "klingflow.simulator", "--port", "0", "--state-dir", str(tmp_path / "state")]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

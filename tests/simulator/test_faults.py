@@ -9,9 +9,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from falsim import FaultConfig, RouteFaults, Simulator
-from falsim.faults import FaultInjector
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator import FaultConfig, RouteFaults, Simulator
+from klingflow.simulator.faults import FaultInjector
 from tests.simulator.conftest import edit_args, submit
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from falsim.fetch import FetchError, fetch
-from falsim.storage import Storage
+from klingflow.simulator.fetch import FetchError, fetch
+from klingflow.simulator.storage import Storage
 
 
 def _client(status: int = 200, body: bytes = b"x" * 100) -> httpx.AsyncClient:

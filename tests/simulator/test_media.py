@@ -11,10 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
-from falsim import Simulator
-from falsim.media import EditCancelled, Grade, edit_video
 from klingflow.endpoint import ENDPOINT_ID
-from klingflow.probe import probe_video
+from klingflow.media.probe import probe_video
+from klingflow.simulator import Simulator
+from klingflow.simulator.media import EditCancelled, Grade, edit_video
 from tests.simulator.conftest import edit_args
 
 

@@ -11,9 +11,9 @@ import fal_client
 import httpx
 import pytest
 
-from falsim.ledger import Ledger
-from falsim.models import LedgerEntry, utcnow
 from klingflow.endpoint import ENDPOINT_ID, cost_usd
+from klingflow.simulator.ledger import Ledger
+from klingflow.simulator.models import LedgerEntry, utcnow
 from tests.simulator.conftest import edit_args, submit
 
 

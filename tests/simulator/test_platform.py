@@ -9,11 +9,11 @@ from typing import Any
 import fal_client
 import httpx
 
-from falsim import FaultConfig, Simulator
-from klingflow.backend import BackendSession
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.fal.backend import BackendSession
+from klingflow.fal.history import find_request, payload_sha256
 from klingflow.models import Backend
-from klingflow.request_history import find_request, payload_sha256
+from klingflow.simulator import FaultConfig, Simulator
 from tests.conftest import TEST_FAL_KEY
 from tests.simulator.conftest import edit_args, submit
 

@@ -8,8 +8,8 @@ import fal_client
 import httpx
 import pytest
 
-from falsim import FaultConfig, Simulator
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator import FaultConfig, Simulator
 from tests.conftest import TEST_FAL_KEY
 from tests.simulator.conftest import edit_args, submit
 

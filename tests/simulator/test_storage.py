@@ -8,8 +8,8 @@ from pathlib import Path
 import fal_client
 import httpx
 
-from falsim import Simulator
 from klingflow.hashing import sha256_file
+from klingflow.simulator import Simulator
 
 
 def _download(url: str, dst: Path) -> httpx.Response:

@@ -7,8 +7,8 @@ from typing import Any
 import fal_client
 import pytest
 
-from falsim import Simulator
 from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator import Simulator
 from tests.simulator.conftest import edit_args
 
 

@@ -1,5 +1,0 @@
-"""`python -m falsim`: run the simulator standalone."""
-
-from falsim.cli import main
-
-raise SystemExit(main())

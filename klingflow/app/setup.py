@@ -1,0 +1,155 @@
+"""`klingflow setup`: prepare a Prefect server for klingflow's deployments (idempotent; run it again any time).
+
+Creates or updates the global concurrency limit that caps requests in flight at fal across every
+worker, creates the process work pool the deployments in prefect.yaml target, optionally stores
+the fal key as the Prefect Secret block `fal-key` (read from the FAL_KEY environment variable so it
+never appears in shell history, parameters or logs), and generates the demo media the ad-hoc
+deployment's default manifest points at.
+
+Also home of `enter_repo`, the pull step of prefect.yaml's deployments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from klingflow.fal.backend import FAL_KEY_SECRET_BLOCK, key_fingerprint
+
+DEFAULT_LIMIT_NAME = "klingflow-fal"
+DEFAULT_POOL = "klingflow-process"
+DEFAULT_CONCURRENCY = 2
+REPO_ENV = "KLINGFLOW_REPO"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EXIT_OK, EXIT_CANNOT_RUN = 0, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `klingflow setup` (also `python -m klingflow.app.setup`)."""
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at fal across all workers (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument(
+        "--limit-name",
+        default=DEFAULT_LIMIT_NAME,
+        help=f"global concurrency limit (default {DEFAULT_LIMIT_NAME}; the flows' concurrency_limit)",
+    )
+    parser.add_argument("--pool", default=DEFAULT_POOL, help=f"process work pool name (default {DEFAULT_POOL})")
+    parser.add_argument(
+        "--fal-key-from-env",
+        action="store_true",
+        help=f"store $FAL_KEY as the Prefect Secret block {FAL_KEY_SECRET_BLOCK!r} (never printed)",
+    )
+    parser.add_argument(
+        "--no-demo-media",
+        action="store_true",
+        help="do not generate data/demo/media (the ad-hoc deployment's default manifest uses it)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply the setup to the Prefect server at PREFECT_API_URL; 0 when done, 2 when it cannot."""
+    if args.concurrency < 1:
+        print("setup: --concurrency must be at least 1", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    key = os.environ.get("FAL_KEY") if args.fal_key_from_env else None
+    if args.fal_key_from_env and not key:
+        print("setup: --fal-key-from-env given but FAL_KEY is not set", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    print(f"setup: Prefect API {_api_url()}")
+    try:
+        print(asyncio.run(ensure_limit(args.limit_name, args.concurrency)))
+        print(asyncio.run(ensure_work_pool(args.pool)))
+        if key:
+            print(save_fal_key(key))
+    except Exception as exc:  # noqa: BLE001 - report any server/API failure as one line and a non-zero exit
+        print(f"setup: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    if not args.no_demo_media:
+        from klingflow.app.demo import ensure_demo_media
+
+        print(f"setup: demo media in {ensure_demo_media()}")
+    return EXIT_OK
+
+
+def _api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    return url or "not set (an ephemeral server on this machine's ~/.prefect database; set PREFECT_API_URL)"
+
+
+async def ensure_limit(name: str, limit: int) -> str:
+    """Create the global concurrency limit, or set an existing one to `limit` and make it active."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            existing = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            return f"setup: created global concurrency limit {name!r} = {limit}"
+        if existing.limit == limit and existing.active:
+            return f"setup: global concurrency limit {name!r} = {limit} (unchanged)"
+        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+        return f"setup: global concurrency limit {name!r}: {existing.limit} -> {limit}"
+
+
+async def ensure_work_pool(name: str) -> str:
+    """Create the process work pool (with Prefect's default process job template) unless it exists."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    async with get_client() as client:
+        try:
+            pool = await client.read_work_pool(name)
+        except ObjectNotFound:
+            template = ProcessWorker.get_default_base_job_template()
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process", base_job_template=template))
+            return f"setup: created process work pool {name!r}"
+        if pool.type != "process":
+            raise ValueError(f"work pool {name!r} exists with type {pool.type!r}, not 'process'")
+        return f"setup: process work pool {name!r} exists"
+
+
+def save_fal_key(key: str) -> str:
+    """Store the key as the `fal-key` Secret block; the message shows only a fingerprint."""
+    from prefect.blocks.system import Secret
+
+    Secret(value=key).save(FAL_KEY_SECRET_BLOCK, overwrite=True)
+    return f"setup: saved Secret block {FAL_KEY_SECRET_BLOCK!r} (key fingerprint {key_fingerprint(key)})"
+
+
+def enter_repo(directory: str | None = None) -> dict[str, str]:
+    """Pull step: make this checkout the flow run's working directory.
+
+    Uses `directory`, else $KLINGFLOW_REPO, else the checkout this klingflow is imported from (the
+    editable install of the worker's clone). Unlike a path written into the deployment at deploy
+    time, this is right for every worker, wherever its clone lives.
+    """
+    target = Path(directory or os.environ.get(REPO_ENV) or REPO_ROOT).expanduser().resolve()
+    if not (target / "flows" / "edit_videos.py").is_file():
+        raise FileNotFoundError(f"{target} is not a klingflow checkout (no flows/edit_videos.py); set {REPO_ENV}")
+    os.chdir(target)
+    return {"directory": str(target)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m klingflow.app.setup", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""Bring a job's input to a local file: local paths are checked in place, http(s) URLs are streamed
+into the work dir (atomically, with a byte ceiling) so preprocessing can probe and hash them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from klingflow.errors import MediaError
+from klingflow.media.download import DownloadError, stream_to_file
+
+
+def is_url(location: str) -> bool:
+    return urlparse(location).scheme in ("http", "https")
+
+
+def check_local(path: str) -> Path:
+    """The path if it is a readable regular file; MediaError saying what is wrong otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise MediaError("file not found")
+    if not p.is_file():
+        raise MediaError("not a regular file")
+    if not os.access(p, os.R_OK):
+        raise MediaError("permission denied (file is not readable)")
+    return p
+
+
+def part_path(out: Path, suffix: str = "") -> Path:
+    """A temporary sibling of `out`, unique per process and thread, to write and then rename."""
+    return out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.part{suffix}")
+
+
+async def _fetch(url: str, path: Path, timeout_s: float, max_bytes: int) -> None:
+    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+        await stream_to_file(url, path, client=client, max_bytes=max_bytes)
+
+
+def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> Path:
+    """Stream a URL to dest_dir, named by the URL's hash and keeping its extension.
+
+    Runs its own event loop: preprocessing calls this from worker threads that have none.
+    """
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    suffix = Path(urlparse(url).path).suffix.lower()[:8]
+    out = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
+    tmp = part_path(out)
+    try:
+        asyncio.run(_fetch(url, tmp, timeout_s, max_bytes))  # removes tmp on any failure
+    except DownloadError as exc:
+        reason = f"is larger than {max_bytes} bytes" if exc.too_large else f"failed: {exc}"
+        raise MediaError(f"download {reason}") from exc
+    tmp.replace(out)
+    return out

@@ -1,0 +1,242 @@
+"""Decide what an input video needs to satisfy the endpoint, from its probe alone (pure, no I/O).
+
+The decision is "least work": pass the original through when it already complies, stream-copy into
+an .mp4 (remux, optionally cutting at 10 s) when only the container, the length or the audio codec
+is wrong, and re-encode only when the picture itself must change (codec, pixel format, HDR,
+rotation, size, frame rate, bytes). Rejections raise MediaError with a plain reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from klingflow.endpoint import (
+    MAX_DURATION_S,
+    MAX_FPS,
+    MAX_SIDE_PX,
+    MAX_VIDEO_BYTES,
+    MIN_DURATION_S,
+    MIN_FPS,
+    MIN_SIDE_PX,
+    VIDEO_EXTENSIONS,
+    duration_in_limits,
+    fps_in_limits,
+    size_in_limits,
+)
+from klingflow.errors import MediaError
+from klingflow.media.probe import VideoProbe
+from klingflow.models import AspectPolicy, TooLongPolicy, TooShortPolicy
+
+# Pixel formats a passthrough H.264 stream may have (8-bit 4:2:0; yuvj420p is full-range 4:2:0).
+PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
+# Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
+COPYABLE_AUDIO = frozenset({"aac", "mp3"})
+BT2020_PRIMARIES = 9
+# Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
+REMUX_TRIM_FRAMES = 3
+
+
+class PlanOptions(BaseModel):
+    """The knobs that change a plan (a subset of PreprocessSettings plus the job's keep_audio)."""
+
+    too_long: TooLongPolicy = TooLongPolicy.trim
+    too_short: TooShortPolicy = TooShortPolicy.reject
+    extreme_aspect: AspectPolicy = AspectPolicy.reject
+    keep_audio: bool = True
+    strip_unwanted_audio: bool = False
+    passthrough_codecs: tuple[str, ...] = ("h264",)
+    max_video_bytes: int = MAX_VIDEO_BYTES
+    size_margin: float = 0.9
+    audio_bitrate_kbps: int = 192
+
+
+class Plan(BaseModel):
+    """What to do with one video. Sizes are displayed sizes (after rotation)."""
+
+    mode: Literal["passthrough", "remux", "transcode"]
+    actions: list[str]
+    width: int
+    height: int
+    duration_s: float  # expected output duration
+    trim_s: float | None = None  # cut at this time
+    freeze_to_s: float | None = None  # freeze the last frame until this time
+    fps: float | None = None  # constant output rate; None keeps the source's
+    scale: tuple[int, int] | None = None  # picture size before any bars
+    box: tuple[int, int] | None = None  # frame size with bars (aspect pad)
+    tonemap: bool = False
+    audio: Literal["copy", "aac", "none"] = "copy"
+    video_max_kbps: int | None = None
+
+
+def _even(value: float) -> int:
+    return min(max(round(value / 2) * 2, MIN_SIDE_PX), MAX_SIDE_PX)
+
+
+def fit_size(width: int, height: int) -> tuple[int, int] | None:
+    """Even displayed size with both sides in 720..2160 and the same aspect, or None if impossible."""
+    short, long = min(width, height), max(width, height)
+    if long * MIN_SIDE_PX > short * MAX_SIDE_PX + 1e-9:
+        return None
+    factor = MIN_SIDE_PX / short if short < MIN_SIDE_PX else MAX_SIDE_PX / long if long > MAX_SIDE_PX else 1.0
+    return _even(width * factor), _even(height * factor)
+
+
+def letterbox(width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """For an aspect beyond 3:1: the scaled picture and the 720-min box it is centred in."""
+    long = max(width, height)
+    factor = MAX_SIDE_PX / long if long > MAX_SIDE_PX else MIN_SIDE_PX / long if long < MIN_SIDE_PX else 1.0
+    pic_w = max(2, int(width * factor) // 2 * 2)
+    pic_h = max(2, int(height * factor) // 2 * 2)
+    return (pic_w, pic_h), (max(pic_w, MIN_SIDE_PX), max(pic_h, MIN_SIDE_PX))
+
+
+def target_fps(probe: VideoProbe) -> float | None:
+    """The constant rate to convert to, or None when the source's rate is fine as it is."""
+    fps = probe.fps or probe.base_fps
+    if not probe.is_vfr and fps_in_limits(fps):
+        return None
+    return float(min(max(round(fps), MIN_FPS), MAX_FPS))
+
+
+def _duration_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[float, float | None, float | None, list[str]]:
+    """(output duration, trim_s, freeze_to_s, actions), or MediaError under a reject policy."""
+    dur = probe.duration_s
+    if duration_in_limits(dur):
+        return dur, None, None, []
+    if dur > MAX_DURATION_S:
+        if opts.too_long is TooLongPolicy.reject:
+            raise MediaError(
+                f"clip is {dur:.2f} s; the endpoint takes {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s "
+                "(too_long=reject; use too_long=trim to cut it at 10 s)"
+            )
+        return MAX_DURATION_S, MAX_DURATION_S, None, ["trim"]
+    if opts.too_short is TooShortPolicy.reject:
+        raise MediaError(
+            f"clip is {dur:.2f} s; the endpoint takes {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s "
+            "(too_short=reject; use too_short=pad to freeze the last frame up to 3 s)"
+        )
+    return MIN_DURATION_S, None, MIN_DURATION_S, ["freeze_pad"]
+
+
+def _size_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[tuple[int, int] | None, tuple[int, int] | None, list]:
+    """(scale, box, actions) for the displayed size."""
+    w, h = probe.width, probe.height
+    fitted = fit_size(w, h)
+    if fitted is None:
+        if opts.extreme_aspect is AspectPolicy.reject:
+            raise MediaError(
+                f"aspect ratio {w}x{h} is beyond 3:1, so both sides cannot be {MIN_SIDE_PX}-{MAX_SIDE_PX} px "
+                "(extreme_aspect=reject; use extreme_aspect=pad to add black bars)"
+            )
+        pic, box = letterbox(w, h)
+        return pic, box, ["scale", "pad"] if pic != (w, h) else ["pad"]
+    if fitted == (w, h):
+        return None, None, []
+    odd_only = size_in_limits(w, h)
+    return fitted, None, ["even_dims"] if odd_only else ["scale"]
+
+
+def _picture_ok(probe: VideoProbe, opts: PlanOptions) -> bool:
+    """Whether the coded picture can be stream-copied (timing and size are judged by their own plans)."""
+    return (
+        probe.video_codec in opts.passthrough_codecs
+        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 only
+        and not probe.is_hdr
+        and probe.color_primaries != BT2020_PRIMARIES
+        and probe.rotation % 360 == 0
+    )
+
+
+def _container_ok(probe: VideoProbe) -> bool:
+    return probe.is_mp4_family and Path(probe.path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def video_budget_kbps(duration_s: float, has_audio: bool, opts: PlanOptions) -> int:
+    """Video bitrate that keeps the output under the byte cap with margin (audio and muxing deducted)."""
+    budget_bits = opts.max_video_bytes * opts.size_margin * 8
+    audio = opts.audio_bitrate_kbps * 1000 if has_audio else 0
+    return max(100, int((budget_bits / max(duration_s, 0.1) - audio) / 1000))
+
+
+def _audio_mode(probe: VideoProbe, opts: PlanOptions, *, reencoding: bool) -> tuple[str, list[str]]:
+    if not probe.has_audio:
+        return "none", []
+    if not opts.keep_audio and (reencoding or opts.strip_unwanted_audio):
+        return "none", ["drop_audio"]
+    return ("copy", []) if probe.audio_codec in COPYABLE_AUDIO else ("aac", ["audio_transcode"])
+
+
+def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = False) -> Plan:
+    """The least work that makes this video acceptable, or MediaError saying why it cannot be.
+
+    `force_transcode` is the fallback when a stream copy turned out unusable (e.g. still too big).
+    """
+    duration, trim_s, freeze_to_s, dur_actions = _duration_plan(probe, opts)
+    scale, box, size_actions = _size_plan(probe, opts)
+    fps = target_fps(probe)
+    over_bytes = probe.size_bytes * (duration / max(probe.duration_s, 0.001)) > opts.max_video_bytes
+    width, height = box or scale or (probe.width, probe.height)
+    video_ok = _picture_ok(probe, opts) and fps is None and not size_actions and not force_transcode
+
+    if video_ok and not freeze_to_s and not over_bytes:
+        audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
+        if _container_ok(probe) and not dur_actions and not audio_actions:
+            return Plan(mode="passthrough", actions=["passthrough"], width=width, height=height, duration_s=duration)
+        if trim_s:  # a stream copy cut keeps up to ~2 reordered frames past -t: cut 3 frames early
+            trim_s = duration = trim_s - REMUX_TRIM_FRAMES / (probe.fps or probe.base_fps)
+        actions = ["remux", *dur_actions, *audio_actions]
+        return Plan(
+            mode="remux", actions=actions, width=width, height=height, duration_s=duration, trim_s=trim_s, audio=audio
+        )
+
+    audio, audio_actions = _audio_mode(probe, opts, reencoding=True)
+    if freeze_to_s and audio == "copy":
+        audio, audio_actions = "aac", [*audio_actions, "audio_transcode"]
+    actions = ["transcode", *dur_actions, *size_actions]
+    if probe.rotation % 360:
+        actions.append("rotate")
+    if fps is not None:
+        actions.append("cfr" if probe.is_vfr else "fps")
+    if probe.is_hdr:
+        actions.append("tonemap")
+    elif probe.pix_fmt not in PASSTHROUGH_PIX_FMTS:
+        actions.append("pix_fmt")
+    max_kbps = video_budget_kbps(duration, audio != "none", opts)
+    source_kbps = probe.size_bytes * 8 / max(probe.duration_s, 0.001) / 1000
+    if over_bytes or source_kbps > max_kbps:
+        actions.append("bitrate_cap")
+    return Plan(
+        mode="transcode",
+        actions=[*actions, *audio_actions],
+        width=width,
+        height=height,
+        duration_s=duration,
+        trim_s=trim_s,
+        freeze_to_s=freeze_to_s,
+        fps=fps,
+        scale=scale,
+        box=box,
+        tonemap=probe.is_hdr,
+        audio=audio,
+        video_max_kbps=max_kbps,
+    )
+
+
+def endpoint_problems(probe: VideoProbe, *, max_bytes: int = MAX_VIDEO_BYTES) -> list[str]:
+    """Why a finished output would still be refused by the endpoint, or exceeds `max_bytes` (empty when fine)."""
+    problems = []
+    fps = probe.fps or probe.base_fps
+    if not probe.is_mp4_family:
+        problems.append(f"container {probe.container}")
+    if not duration_in_limits(probe.duration_s):
+        problems.append(f"duration {probe.duration_s:.2f} s")
+    if not size_in_limits(probe.width, probe.height):
+        problems.append(f"size {probe.width}x{probe.height}")
+    if probe.size_bytes > max_bytes:
+        problems.append(f"{probe.size_bytes} bytes > {max_bytes}")
+    if not fps_in_limits(fps):
+        problems.append(f"{fps:.2f} fps")
+    return problems

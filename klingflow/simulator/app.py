@@ -1,0 +1,30 @@
+"""The ASGI app: admin, storage, platform and queue routes (submit's catch-all last) and the queue's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+
+from klingflow.simulator.routes_admin import admin_routes
+from klingflow.simulator.routes_platform import platform_routes
+from klingflow.simulator.routes_queue import queue_routes
+from klingflow.simulator.routes_storage import storage_routes
+from klingflow.simulator.state import SimState
+
+
+def build_app(state: SimState) -> Starlette:
+    """A Starlette app serving one SimState."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.queue.start()
+        try:
+            yield
+        finally:
+            await state.queue.stop()
+            state.executor.shutdown(wait=False, cancel_futures=True)
+
+    routes = [*admin_routes(state), *storage_routes(state), *platform_routes(state), *queue_routes(state)]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,81 @@
+"""Queue routes: submit, status, result, cancel (fal_client's view, fal-protocol.md section 2)."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from klingflow.endpoint import ENDPOINT_ID
+from klingflow.simulator.guard import guarded
+from klingflow.simulator.protocol import APP_PREFIX, result_response, status_body, submit_body
+from klingflow.simulator.responses import not_found
+from klingflow.simulator.state import SimState
+
+KNOWN_APPS = frozenset({APP_PREFIX, ENDPOINT_ID})
+TRUTHY = frozenset({"1", "true", "yes"})
+
+
+def base_url(request: Request) -> str:
+    """The caller's view of our base URL (absolute loopback URLs in every response)."""
+    return str(request.base_url).rstrip("/")
+
+
+def _start_timeout(request: Request) -> float | None:
+    raw = request.headers.get("x-fal-request-timeout")
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def queue_routes(state: SimState) -> list[Route]:
+    """Routes for the queue; submit's catch-all path must come last in the app."""
+    queue = state.queue
+
+    def lookup(request: Request):
+        if request.path_params["app"] not in KNOWN_APPS:
+            return None
+        return queue.get(request.path_params["request_id"])
+
+    async def status(request: Request) -> Response:
+        rec = lookup(request)
+        if rec is None:
+            return not_found()
+        with_logs = request.query_params.get("logs", "").lower() in TRUTHY
+        body, code = status_body(rec, base_url(request), queue.queue_position(rec), with_logs=with_logs)
+        return JSONResponse(body, code, headers={"x-fal-request-id": rec.request_id})
+
+    async def result(request: Request) -> Response:
+        rec = lookup(request)
+        return not_found() if rec is None else result_response(rec, base_url(request))
+
+    async def cancel(request: Request) -> Response:
+        rec = lookup(request)
+        if rec is None:
+            return JSONResponse({"status": "NOT_FOUND"}, 404)
+        reply = queue.cancel(rec)
+        return JSONResponse({"status": reply}, 202 if reply == "CANCELLATION_REQUESTED" else 400)
+
+    async def submit(request: Request) -> Response:
+        if request.path_params["app"] != ENDPOINT_ID:
+            return JSONResponse({"detail": f"Application '{request.path_params['app']}' not found"}, 404)
+        try:
+            payload = json.loads(await request.body() or b"null")
+        except ValueError:
+            return JSONResponse(
+                {"detail": [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]}, 422
+            )
+        rec = queue.submit(request.state.key_id, payload, _start_timeout(request))
+        body = submit_body(rec, base_url(request), queue.queue_position(rec))
+        return JSONResponse(body, 200, headers={"x-fal-request-id": rec.request_id})
+
+    prefix = "/{app:path}/requests/{request_id}"
+    return [
+        Route(f"{prefix}/status", guarded(state, "status", "key", status), methods=["GET"]),
+        Route(f"{prefix}/cancel", guarded(state, "cancel", "key", cancel), methods=["PUT"]),
+        Route(prefix, guarded(state, "result", "key", result), methods=["GET"]),
+        Route("/{app:path}", guarded(state, "submit", "key", submit), methods=["POST"]),
+    ]
