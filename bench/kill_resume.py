@@ -32,6 +32,11 @@ from klingflow.media.probe import probe_video
 from klingflow.media.synth import make_clip
 from klingflow.simulator import Simulator, SimulatorConfig
 
+HISTORY_LAG_S = 1.0
+# A lost submit is resent only after the history has not listed it for this long: longer than any request
+# waits in the simulator's queue here (16 jobs x 3 s / 2 at a time), as 15 minutes is for normal fal queueing.
+SETTLE_WINDOW_S = 60.0
+
 
 @dataclass
 class KillReport:
@@ -79,6 +84,8 @@ def _command(manifest: Path, root: Path, iteration: int) -> list[str]:
         "0.3",
         "--concurrency-limit",
         f"klingflow-kill-{iteration}",  # a killed holder leaks its slot until expiry
+        "--settle-window",
+        str(SETTLE_WINDOW_S),
     ]
 
 
@@ -98,12 +105,17 @@ def _wait_for_submit(proc: subprocess.Popen[bytes], sim: Simulator, timeout_s: f
         time.sleep(0.002)
 
 
-def run(kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print) -> KillReport:
+def run(
+    kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print, history_lag_s: float = HISTORY_LAG_S
+) -> KillReport:
     rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)
     # 1 s of processing per video second: a 12-job run outlives most kills, so kills land mid-flight
-    config = SimulatorConfig(state_dir=root / "sim", time_scale=1.0, concurrency_per_key=2, log_interval_s=0.5)
+    # fal's history lists a request only once it started, `history_lag_s` later (as fal documents it)
+    config = SimulatorConfig(
+        state_dir=root / "sim", time_scale=1.0, concurrency_per_key=2, log_interval_s=0.5, history_lag_s=history_lag_s
+    )
     with Simulator(config) as sim:
         env = {
             **os.environ,
@@ -155,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill, seconds after start")
+    parser.add_argument("--history-lag", type=float, default=HISTORY_LAG_S, help="simulator history lag, seconds")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.kills, args.jobs, args.seed, args.max_delay, Path(tmp))
+        result = run(args.kills, args.jobs, args.seed, args.max_delay, Path(tmp), history_lag_s=args.history_lag)
     print(
         f"final run exit {result.final_exit} in {result.final_elapsed_s:.1f} s; billed per job: "
         f"{result.billed_per_job}; outputs verified {result.outputs_verified}/{result.jobs}"

@@ -1,8 +1,8 @@
-"""The `edit_videos` flow: manifest → preprocess → estimate → upload → submit → collect → report.
+"""The `edit_videos` flow: manifest → preprocess → estimate → edit (upload, submit, collect, download) → report.
 
-Each job moves through the stages on its own (flows/job_lifecycle.py); a failing job becomes a
-report row with its error and never stops the others. The flow ends Failed when any job did not
-succeed (or was skipped by the budget), Completed otherwise.
+Each job moves through the stages on its own (tasks/edit.py, klingflow.pipeline.job); a failing job
+becomes a report row with its error and never stops the others. The flow ends Failed when any job did
+not succeed (or was skipped by the budget), Completed otherwise.
 """
 
 from __future__ import annotations
@@ -23,20 +23,26 @@ from pydantic import BaseModel
 
 from klingflow import events
 from klingflow.endpoint import PRICE_PER_SECOND_USD
-from klingflow.fal.backend import BackendSession, choose_backend, open_backend
+from klingflow.fal.backend import choose_backend, resolve_fal_key
+from klingflow.fal.history import RecentRequests
+from klingflow.fal.queue import FalQueue
 from klingflow.fal.slots import RequestSlots, ensure_global_limit
+from klingflow.fal.uploads import UploadCache
 from klingflow.ledger.budget import Budget
+from klingflow.ledger.decide import JobState
 from klingflow.ledger.identity import with_job_key
 from klingflow.ledger.store import RequestLedger
 from klingflow.manifest import load_manifest
 from klingflow.media.preprocess import PreprocessSettings
-from klingflow.models import EditParams, JobRecord
+from klingflow.models import EditParams, JobRecord, JobStatus
+from klingflow.pipeline.backend import open_backend
 from klingflow.pipeline.cancellation import cancel_outstanding_requests
-from klingflow.pipeline.job import RunContext, run_job
-from tasks.collect import PollSettings
+from klingflow.pipeline.job import PollSettings, RunContext
+from klingflow.pipeline.rows import as_follower, as_row
+from klingflow.report.artifacts import ProgressTracker, ReportPaths
+from tasks.edit import edit
 from tasks.preprocess import preprocess
-from tasks.report import ProgressTracker, ReportPaths, report
-from tasks.upload import UploadCache
+from tasks.report import report
 
 
 class RunSummary(BaseModel):
@@ -66,37 +72,30 @@ async def edit_videos(params: EditParams) -> State:
     """Run every edit of a manifest through Kling O3 Pro (or the local simulator) and report."""
     logger = get_run_logger()
     run_id, started = str(flow_run.get_id() or uuid.uuid4()), datetime.now(UTC)
-    kind = choose_backend(params.backend, logger)
-    ledger = RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value)
-    try:
+    key = resolve_fal_key(logger)  # once per run; passed down, never logged
+    kind = choose_backend(params.backend, key, logger)
+    with RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value) as ledger:
         jobs = load_manifest(params.manifest)
         logger.info("manifest %s: %d job(s)", params.manifest, len(jobs))
         jobs = await preprocess_all(jobs, PreprocessSettings.from_params(params))
         jobs = [with_job_key(job, params.endpoint) for job in jobs]
         estimated = await announce_estimate(jobs, ledger, params)
         if params.dry_run:
-            jobs = [j.model_copy(update={"status": "dry_run"}) if j.ok else j for j in jobs]
-            paths = await report(
-                jobs,
-                run_id=run_id,
-                run_started_at=started,
-                backend=f"{kind.value} (dry run)",
-                endpoint=params.endpoint,
-                report_dir=params.report_dir,
-            )
+            jobs = [j.with_(status=JobStatus.dry_run) if j.ok else j for j in jobs]
+            backend = f"{kind.value} (dry run)"
         else:
-            with open_backend(params, logger, kind=kind) as session:
-                jobs = await edit_all(jobs, session, ledger, run_id, params)
-                paths = await report(
-                    jobs,
-                    run_id=run_id,
-                    run_started_at=started,
-                    backend=session.label,
-                    endpoint=params.endpoint,
-                    report_dir=params.report_dir,
-                )
-    finally:
-        ledger.close()
+            async with open_backend(params, kind, key, logger) as fal:
+                jobs = await edit_all(jobs, fal, ledger, run_id, params)
+                backend = fal.label
+        paths = await report(
+            jobs,
+            run_id=run_id,
+            run_started_at=started,
+            backend=backend,
+            endpoint=params.endpoint,
+            report_dir=params.report_dir,
+        )
+        ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd and not j.reused], run_id)
     summary = summarize(run_id, jobs, estimated, paths)
     message = f"{summary.succeeded}/{summary.jobs} job(s) succeeded, ${summary.cost_usd:.2f} billed"
     logger.info("%s; report %s", message, summary.report_path)
@@ -112,14 +111,16 @@ async def preprocess_all(jobs: list[JobRecord], settings: PreprocessSettings) ->
 async def announce_estimate(jobs: list[JobRecord], ledger: RequestLedger, params: EditParams) -> float:
     """Say what the run will cost before anything is uploaded (results already paid for cost nothing)."""
     ready = [j for j in jobs if j.ok]
-    paid = set() if params.force else {j.job_key for j in ready if _paid(ledger, j.job_key)}
-    to_pay = [j for j in ready if j.job_key not in paid]
-    seconds = sum(j.estimated_seconds or 0 for j in to_pay)
-    total = round(sum(j.estimated_cost_usd or 0.0 for j in to_pay), 4)
+    keys = {j.job_key for j in ready}
+    paid = set() if params.force else {k for k in keys if _paid(ledger, k)}
+    to_pay = {j.job_key: j for j in ready if j.job_key not in paid}  # identical rows are paid once
+    seconds = sum(j.estimated_seconds or 0 for j in to_pay.values())
+    total = round(sum(j.estimated_cost_usd or 0.0 for j in to_pay.values()), 4)
     cap = "no cap" if params.max_budget_usd is None else f"cap ${params.max_budget_usd:.2f}"
     text = (
-        f"estimate: {len(to_pay)} job(s) to pay for ({len(paid)} already paid, {len(jobs) - len(ready)} failed "
-        f"before submission), {seconds} output second(s), ${total:.2f} ({cap})"
+        f"estimate: {len(to_pay)} job(s) to pay for ({len(paid)} already paid, {len(ready) - len(keys)} identical "
+        f"to another row, {len(jobs) - len(ready)} failed before submission), {seconds} output second(s), "
+        f"${total:.2f} ({cap})"
     )
     get_run_logger().info(text)
     await acreate_markdown_artifact(
@@ -132,41 +133,45 @@ async def announce_estimate(jobs: list[JobRecord], ledger: RequestLedger, params
 
 def _paid(ledger: RequestLedger, job_key: str | None) -> bool:
     entry = ledger.get(job_key) if job_key else None
-    return entry is not None and entry.state == "succeeded"
+    return entry is not None and entry.state is JobState.succeeded
 
 
 async def edit_all(
-    jobs: list[JobRecord], session: BackendSession, ledger: RequestLedger, run_id: str, params: EditParams
+    jobs: list[JobRecord], fal: FalQueue, ledger: RequestLedger, run_id: str, params: EditParams
 ) -> list[JobRecord]:
-    """Run every ready job, at most `max_concurrency` requests in flight at fal."""
+    """Run every ready job, at most `max_concurrency` requests in flight; rows with one job key share a request."""
     limit = await ensure_global_limit(params.concurrency_limit, params.max_concurrency)
     get_run_logger().info("global concurrency limit %r: %d request(s) in flight", params.concurrency_limit, limit)
-    state = Path(params.state_dir).expanduser()
-    ctx = RunContext(
-        run_id=run_id,
-        params=params,
-        session=session,
-        ledger=ledger,
-        budget=Budget(params.max_budget_usd),
-        slots=RequestSlots(params.concurrency_limit, params.max_concurrency),
-        uploads=UploadCache(state / "uploads", session),
-        poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
-    )
     progress = ProgressTracker(total=len(jobs))
+    with UploadCache(Path(params.state_dir).expanduser() / "uploads", fal) as uploads:
+        ctx = RunContext(
+            run_id=run_id,
+            params=params,
+            fal=fal,
+            ledger=ledger,
+            budget=Budget(params.max_budget_usd),
+            slots=RequestSlots(params.concurrency_limit, params.max_concurrency),
+            uploads=uploads,
+            poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
+            recent=RecentRequests(fal),
+        )
+        leaders: dict[str, asyncio.Task[JobRecord]] = {}
 
-    async def one(job: JobRecord) -> JobRecord:
-        done = job
-        try:
-            done = await run_job(job, ctx)
-            return done
-        finally:
-            progress.advance()
-            events.job_finished(done)
+        async def one(job: JobRecord) -> JobRecord:
+            done = job
+            try:
+                if job.ok and job.job_key in leaders:
+                    done = as_follower(job, await asyncio.shield(leaders[job.job_key]))
+                elif job.ok and job.job_key:
+                    leaders[job.job_key] = asyncio.ensure_future(edit(job, ctx))
+                    done = await leaders[job.job_key]
+                return done
+            finally:
+                progress.advance()
+                events.job_finished(done)
 
-    try:
-        return list(await asyncio.gather(*(one(job) for job in jobs)))
-    finally:
-        ctx.uploads.close()
+        results = await asyncio.gather(*(one(job) for job in jobs), return_exceptions=True)
+    return [as_row(job, result) for job, result in zip(jobs, results, strict=True)]
 
 
 def summarize(run_id: str, jobs: list[JobRecord], estimated: float, paths: ReportPaths) -> RunSummary:
@@ -181,5 +186,5 @@ def summarize(run_id: str, jobs: list[JobRecord], estimated: float, paths: Repor
         cost_usd=round(totals.cost_usd, 4),
         report_path=str(paths.parquet_path),
         html_path=str(paths.html_path) if paths.html_path else None,
-        statuses={j.job_id: j.status for j in jobs},
+        statuses={j.job_id: j.status.value for j in jobs},
     )

@@ -15,11 +15,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from klingflow.errors import JobError, ManifestError
-from klingflow.models import ElementSpec, JobRecord, ManifestRow
+from klingflow.errors import ManifestError
+from klingflow.models import ElementSpec, JobRecord, JobStatus, ManifestRow, Stage
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
 _LIST_FIELDS = ("images", "elements")
+MAX_ID_CHARS = 128
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
 
@@ -114,6 +115,8 @@ def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
     except ValidationError as exc:
         reasons = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
         return _failed_row(index, reasons, manifest, job_id=str(raw.get("id") or "") or None)
+    if row.id is not None and (problem := id_problem(row.id)):
+        return _failed_row(index, problem, manifest, job_id=repr(row.id)[1:-1][:MAX_ID_CHARS])
     return JobRecord(
         job_id=row.id or f"row-{index:04d}",
         row=index,
@@ -129,10 +132,25 @@ def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
     )
 
 
+def id_problem(job_id: str) -> str | None:
+    """Why an id cannot name an output file (it is part of one), or None. Checked before any spend."""
+    if not job_id.strip():
+        return "id is empty"
+    if len(job_id) > MAX_ID_CHARS:
+        return f"id is {len(job_id)} characters long; at most {MAX_ID_CHARS} are allowed"
+    if any(ord(c) < 32 or ord(c) == 127 for c in job_id):
+        return f"id {job_id!r} contains control characters"
+    if "/" in job_id or "\\" in job_id or job_id in (".", "..") or job_id.startswith(".."):
+        return (
+            f"id {job_id!r} contains a path separator or '..'; ids name output files, "
+            "so use letters, digits, '-', '_' or '.'"
+        )
+    return None
+
+
 def _failed_row(index: int, reason: str, manifest: Path, job_id: str | None = None) -> JobRecord:
     job_id = job_id or f"row-{index:04d}"
-    error = JobError(reason, job_id=f"{index} ({job_id})", path=str(manifest)).message
-    return JobRecord(job_id=job_id, row=index, prompt="", video="").fail("manifest", error)
+    return JobRecord(job_id=job_id, row=index, prompt="", video="").fail(Stage.manifest, reason, path=str(manifest))
 
 
 def _resolve(ref: str, base: Path) -> str:
@@ -149,8 +167,8 @@ def _fail_duplicate_ids(records: list[JobRecord], manifest: Path) -> list[JobRec
     out = []
     for rec in records:
         first = seen.setdefault(rec.job_id, rec.row)
-        if first != rec.row and rec.status != "failed":
+        if first != rec.row and rec.status is not JobStatus.failed:
             reason = f"id {rec.job_id!r} is already used by row {first}; ids must be unique"
-            rec = rec.fail("manifest", JobError(reason, job_id=str(rec.row), path=str(manifest)).message)
+            rec = rec.fail(Stage.manifest, reason, path=str(manifest))
         out.append(rec)
     return out

@@ -7,11 +7,11 @@ import enum
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from klingflow.endpoint import DEFAULT_SHOT_TYPE, ENDPOINT_ID
+from klingflow.errors import where
 
 
 def default_state_dir() -> str:
@@ -99,16 +99,57 @@ class EditParams(BaseModel):
     simulator_time_scale: float = Field(
         1.0, ge=0, description="Embedded simulator: processing seconds per video second"
     )
+    settle_window_s: float = Field(
+        900.0,
+        gt=0,
+        description="A submit whose answer was lost is resent only after fal's request history "
+        "has not listed it for this long (seconds)",
+    )
     endpoint: str = Field(ENDPOINT_ID, description="fal endpoint id")
 
 
-JobStatus = Literal["pending", "succeeded", "failed", "cancelled", "skipped_budget", "dry_run"]
-CostSource = Literal["header", "estimate", "reused", "none"]
+class JobStatus(enum.StrEnum):
+    """A job's status in a run's report."""
+
+    pending = "pending"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+    skipped_budget = "skipped_budget"
+    dry_run = "dry_run"
+
+
+NOT_OK = frozenset({JobStatus.failed, JobStatus.cancelled, JobStatus.skipped_budget})
+
+
+class Stage(enum.StrEnum):
+    """Where a job stopped (the report's `error_stage`)."""
+
+    manifest = "manifest"
+    preprocess = "preprocess"
+    budget = "budget"
+    upload = "upload"
+    submit = "submit"
+    submit_unknown = "submit-unknown"  # fal may have the request: settled through its history, never resent blindly
+    collect = "collect"
+    collect_unreachable = "collect-unreachable"  # fal not reached: the request stays resumable by the next run
+    download = "download"
+
+
+class CostSource(enum.StrEnum):
+    """Where a row's cost comes from."""
+
+    header = "header"  # fal's X-Fal-Billable-Units on the result
+    estimate = "estimate"  # fal billed it but sent no units: the estimate stands in
+    reused = "reused"  # paid for by an earlier run (or another row of this run): 0 here
+    none = "none"
 
 
 class PaidResult(BaseModel):
     """What a request bought: its output and its bill. The job record carries it through a run and the
     request ledger keeps it across runs, so a later run can reuse or resume it without paying again."""
+
+    model_config = ConfigDict(extra="forbid")
 
     output_url: str | None = None
     output_path: str | None = None
@@ -117,7 +158,7 @@ class PaidResult(BaseModel):
     output_duration_s: float | None = None
     billed_seconds: float | None = None
     cost_usd: float | None = None
-    cost_source: CostSource = "none"
+    cost_source: CostSource = CostSource.none
 
 
 BILL_FIELDS = frozenset({"output_url", "billed_seconds", "cost_usd", "cost_source"})  # known once fal is done
@@ -125,7 +166,7 @@ OUTPUT_FIELDS = frozenset(PaidResult.model_fields) - BILL_FIELDS  # known once t
 
 
 class JobRecord(PaidResult):
-    """One job as it moves through the stages; each stage returns an updated copy.
+    """One job as it moves through the stages; each stage returns an updated, validated copy (`with_`).
 
     A job that failed keeps `status="failed"` with `error` and `error_stage`; later stages pass it through.
     """
@@ -139,9 +180,9 @@ class JobRecord(PaidResult):
     keep_audio: bool = True
     shot_type: str = DEFAULT_SHOT_TYPE
 
-    status: JobStatus = "pending"
+    status: JobStatus = JobStatus.pending
     error: str | None = None
-    error_stage: str | None = None
+    error_stage: Stage | None = None
 
     # preprocess
     source: dict | None = None  # VideoProbe of the original input, as a dict
@@ -176,8 +217,20 @@ class JobRecord(PaidResult):
 
     @property
     def ok(self) -> bool:
-        return self.status not in ("failed", "cancelled", "skipped_budget")
+        return self.status not in NOT_OK
 
-    def fail(self, stage: str, error: str) -> JobRecord:
-        """A copy of this job marked failed at `stage` with a plain error."""
-        return self.model_copy(update={"status": "failed", "error_stage": stage, "error": error})
+    @property
+    def where(self) -> str:
+        """ "row N (job id)": how every message about this job starts."""
+        return where(self.row, self.job_id)
+
+    def with_(self, **fields: object) -> JobRecord:
+        """A validated copy with `fields` changed (unknown fields and wrong types raise)."""
+        return type(self).model_validate({**self.model_dump(), **fields})
+
+    def fail(
+        self, stage: Stage, reason: str, *, path: str | None = None, status: JobStatus = JobStatus.failed
+    ) -> JobRecord:
+        """A copy of this job stopped at `stage`; the error is "row N (id)[, file P]: reason"."""
+        error = f"{where(self.row, self.job_id, path)}: {reason}"
+        return self.with_(status=status, error_stage=stage, error=error)

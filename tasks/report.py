@@ -1,78 +1,23 @@
-"""Report stage: the run's parquet file, its HTML page and the Prefect artifacts that point at them.
+"""Report stage as a Prefect task: a thin wrapper over klingflow.report (parquet, HTML, artifacts).
 
 The parquet file is the record of what was paid for, so it is written first and its failure fails the
-task; the HTML page and the artifacts are views of it and only log a warning when they fail.
-`report` is an async task (the flow awaits it); file and video work runs in a worker thread so the
-flow's event loop keeps serving other jobs' polls.
+task; the HTML page and the artifacts are views of it and only log a warning when they fail. File and
+video work runs in a worker thread so the flow's event loop keeps serving other jobs' polls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import threading
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-from uuid import UUID
 
-import pandas as pd
-import pyarrow as pa
 from prefect import task
-from prefect.artifacts import (
-    acreate_link_artifact,
-    acreate_markdown_artifact,
-    acreate_table_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
 from prefect.cache_policies import NO_CACHE
-from prefect.context import FlowRunContext, TaskRunContext
-from prefect.logging import get_logger, get_run_logger
-from pydantic import BaseModel
+from prefect.logging import get_run_logger
 
 from klingflow.models import JobRecord
-from klingflow.report.html import write_html
-from klingflow.report.summary import Summary, Totals, format_usd, summarize
-from klingflow.report.writer import HTML_SUBDIR, records_to_table, run_file_name, thumb_cache_dir, write_run_report
-
-TABLE_KEY = "klingflow-jobs"
-SUMMARY_KEY = "klingflow-summary"
-LINK_KEY = "klingflow-html-report"
-PROGRESS_KEY = "klingflow-progress"
-_PROMPT_CHARS = 120
-
-
-class ReportPaths(BaseModel):
-    """Where the report went; html_path is None when the page could not be rendered (see the log)."""
-
-    parquet_path: Path
-    html_path: Path | None
-    totals: Totals  # the run's headline numbers, as the markdown artifact, the HTML page and the CLI show them
-
-
-def html_path_for(report_dir: Path, run_id: str) -> Path:
-    """report_dir/_html/run-<run_id>.html (under '_' so dataset readers skip it)."""
-    return Path(report_dir) / HTML_SUBDIR / run_file_name(run_id, ".html")
-
-
-def _write_files(table: pa.Table, report_dir: Path, run_id: str) -> tuple[Path, Path | None, pd.DataFrame, Summary]:
-    """Parquet (must succeed), then the HTML page (may fail with a warning)."""
-    parquet = write_run_report(table, report_dir, run_id=run_id)
-    df = table.to_pandas()
-    summary = summarize(df)
-    try:
-        html = write_html(
-            df,
-            html_path_for(report_dir, run_id),
-            title=f"klingflow run {run_id}",
-            summary=summary,
-            thumb_cache_dir=thumb_cache_dir(report_dir),
-        )
-    except Exception:  # noqa: BLE001 - the parquet is written; a broken page must not fail a paid run
-        get_logger("klingflow.report").exception("HTML report for run %s failed", run_id)
-        html = None
-    return parquet, html, df, summary
+from klingflow.report.artifacts import ReportPaths, publish_artifacts, write_files
+from klingflow.report.writer import records_to_table
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
@@ -82,151 +27,10 @@ async def report(
     """Write the run's parquet file and HTML page and publish the table/summary/link artifacts."""
     logger = get_run_logger()
     table = records_to_table(records, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint)
-    parquet, html, df, summary = await asyncio.to_thread(_write_files, table, Path(report_dir), run_id)
+    parquet, html, df, summary = await asyncio.to_thread(write_files, table, Path(report_dir), run_id)
     logger.info("report: %s%s", parquet, f", {html}" if html else " (no HTML page)")
     try:
-        await _publish_artifacts(df, summary, run_id=run_id, parquet=parquet, html=html)
+        await publish_artifacts(df, summary, run_id=run_id, parquet=parquet, html=html)
     except Exception:  # artifacts are a view; the files above are the record
         logger.warning("could not create the report artifacts", exc_info=True)
     return ReportPaths(parquet_path=parquet, html_path=html, totals=summary.totals)
-
-
-async def _publish_artifacts(
-    df: pd.DataFrame, summary: Summary, *, run_id: str, parquet: Path, html: Path | None
-) -> None:
-    await acreate_table_artifact(table=job_table(df), key=TABLE_KEY, description=f"Jobs of run {run_id}")
-    await acreate_markdown_artifact(
-        markdown=summary_markdown(summary, run_id=run_id, parquet=parquet, html=html),
-        key=SUMMARY_KEY,
-        description=f"Summary of run {run_id}",
-    )
-    if html is not None:
-        await acreate_link_artifact(
-            link=html.absolute().as_uri(),
-            link_text=f"HTML report of run {run_id}",
-            key=LINK_KEY,
-            description=f"Offline HTML report of run {run_id}",
-        )
-
-
-def _cell(value: Any) -> Any:
-    if value is None or (not isinstance(value, (list, str)) and pd.isna(value)):
-        return None
-    if isinstance(value, float):
-        return round(value, 4)
-    return value.item() if hasattr(value, "item") else value
-
-
-def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One artifact row per job: identity, status, money, timing, error and where the output is."""
-    columns = [
-        "row",
-        "job_id",
-        "status",
-        "prompt",
-        "estimated_cost_usd",
-        "cost_usd",
-        "billed_seconds",
-        "cost_source",
-        "queued_s",
-        "processing_s",
-        "total_s",
-        "error_stage",
-        "error",
-        "output_url",
-        "output_path",
-    ]
-    rows = []
-    for rec in df[columns].to_dict("records"):
-        row = {c: _cell(rec[c]) for c in columns}
-        if row["prompt"] and len(row["prompt"]) > _PROMPT_CHARS:
-            row["prompt"] = row["prompt"][: _PROMPT_CHARS - 1] + "…"
-        rows.append(row)
-    return rows
-
-
-def _secs(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f} s"
-
-
-def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path | None) -> str:
-    """The markdown summary artifact: counts, spend vs estimate, latency percentiles, top errors."""
-    t = summary.totals
-    rate = "—" if t.success_rate is None else f"{t.success_rate:.0%}"
-    lines = [
-        f"# klingflow run `{run_id}`",
-        "",
-        "| | |",
-        "|---|---|",
-        f"| jobs | {t.jobs} |",
-        f"| succeeded | {t.succeeded} |",
-        f"| failed | {t.failed} |",
-        f"| other (dry run, pending) | {t.other} |",
-        f"| success rate | {rate} |",
-        f"| total cost (billed) | {format_usd(t.cost_usd)} |",
-        f"| estimated cost | {format_usd(t.estimated_cost_usd)} |",
-        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} |",
-        f"| billed / estimated seconds | {t.billed_seconds:,.0f} / {t.estimated_seconds:,.0f} |",
-    ]
-    if t.reused:
-        lines.append(f"| reused (no new spend) | {t.reused} |")
-    lines += ["", "| duration | n | p50 | p95 | max |", "|---|---:|---:|---:|---:|"]
-    for name, d in t.durations.items():
-        cells = " | ".join(_secs(d[q]) for q in ("p50", "p95", "max"))
-        lines.append(f"| {name} | {d['n']} | {cells} |")
-    if summary.failures:
-        lines += ["", "**Failures by error**", "", "| n | stage | error |", "|---:|---|---|"]
-        for f in summary.failures[:10]:
-            error = str(f["error"]).replace("|", "\\|").replace("\n", " ")[:200]
-            lines.append(f"| {f['count']} | {f['error_stage'] or '—'} | {error} |")
-    lines += ["", f"Parquet: `{parquet}`", f"HTML: `{html}`" if html else "HTML: not written (see the task log)"]
-    return "\n".join(lines)
-
-
-class ProgressTracker:
-    """A Prefect progress artifact that moves as jobs finish.
-
-    `advance` is safe from coroutines and threads: a lock orders the updates and they go through
-    Prefect's sync client with the context captured at creation (a plain worker thread has no Prefect
-    context and an async caller would otherwise get an un-awaited coroutine). Outside a flow run it
-    does nothing; a failed update only logs, it never fails a job.
-    """
-
-    def __init__(self, total: int, key: str = PROGRESS_KEY) -> None:
-        self.total = max(0, total)
-        self.done = 0
-        self._lock = threading.Lock()
-        self._context = contextvars.copy_context()
-        self._artifact_id: UUID | None = None
-        if FlowRunContext.get() is None and TaskRunContext.get() is None:
-            return
-        try:
-            self._artifact_id = create_progress_artifact(
-                progress=self.percent, key=key, description=self._description(), _sync=True
-            )
-        except Exception:  # noqa: BLE001 - progress is cosmetic
-            get_logger("klingflow.report").warning("could not create the progress artifact", exc_info=True)
-
-    @property
-    def percent(self) -> float:
-        return 100.0 if self.total == 0 else min(100.0, 100.0 * self.done / self.total)
-
-    def _description(self) -> str:
-        return f"{self.done}/{self.total} job(s) finished"
-
-    def advance(self, n: int = 1) -> None:
-        """Count `n` more finished jobs and move the artifact."""
-        with self._lock:
-            self.done = min(self.total, self.done + n)
-            if self._artifact_id is None:
-                return
-            try:
-                self._context.copy().run(
-                    update_progress_artifact,
-                    artifact_id=self._artifact_id,
-                    progress=self.percent,
-                    description=self._description(),
-                    _sync=True,
-                )
-            except Exception:  # noqa: BLE001 - progress is cosmetic
-                get_logger("klingflow.report").warning("could not update the progress artifact", exc_info=True)

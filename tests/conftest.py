@@ -36,18 +36,36 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 @pytest.fixture
-def simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """A fast simulator that the pipeline uses through KLINGFLOW_SIMULATOR_URL (shared queue and ledger)."""
+def make_simulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Start a simulator (fast test settings, overridable) that the pipeline uses via KLINGFLOW_SIMULATOR_URL."""
     from klingflow.simulator import Simulator, SimulatorConfig
 
-    sim = Simulator(
-        SimulatorConfig(state_dir=tmp_path / "sim-state", time_scale=0.05, log_interval_s=0.05, concurrency_per_key=2)
-    ).start()
-    monkeypatch.setenv("KLINGFLOW_SIMULATOR_URL", sim.url)
+    started: list[Simulator] = []
+
+    def start(**overrides: object) -> Simulator:
+        settings: dict[str, object] = {
+            "state_dir": tmp_path / f"sim-state-{len(started)}",
+            "time_scale": 0.05,
+            "log_interval_s": 0.05,
+            "concurrency_per_key": 2,
+            **overrides,
+        }
+        sim = Simulator(SimulatorConfig(**settings)).start()
+        started.append(sim)
+        monkeypatch.setenv("KLINGFLOW_SIMULATOR_URL", sim.url)
+        return sim
+
     try:
-        yield sim
+        yield start
     finally:
-        sim.stop()
+        for sim in started:
+            sim.stop()
+
+
+@pytest.fixture
+def simulator(make_simulator):
+    """A fast simulator that the pipeline uses through KLINGFLOW_SIMULATOR_URL (shared queue and ledger)."""
+    return make_simulator(state_dir=Path(os.environ["KLINGFLOW_HOME"]).parent / "sim-state")
 
 
 def fast_params(tmp_path: Path, manifest: Path, **overrides: object):
@@ -83,13 +101,9 @@ SESSION_KEY = "stage-test-key"
 
 
 @pytest.fixture
-def session(simulator):
-    """A backend session on the `simulator` fixture, as the flow opens one (real fal_client)."""
-    import fal_client
+async def fal(simulator):
+    """The run's FalQueue on the `simulator` fixture, as the flow opens one (real fal_client for uploads)."""
+    from klingflow.fal.queue import Backoff, FalQueue, Target
 
-    from klingflow.fal.backend import BackendSession
-    from klingflow.fal.urls import point_fal_client_at
-    from klingflow.models import Backend
-
-    point_fal_client_at(simulator.url)
-    return BackendSession(Backend.simulator, simulator.url, SESSION_KEY, fal_client.AsyncClient(key=SESSION_KEY))
+    async with FalQueue(Target.simulator(simulator.url), SESSION_KEY, backoff=Backoff(base_s=0.01)) as queue:
+        yield queue

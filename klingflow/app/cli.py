@@ -104,6 +104,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         default=fields["simulator_time_scale"].default,
         help=fields["simulator_time_scale"].description,
     )
+    parser.add_argument(
+        "--settle-window",
+        type=float,
+        default=fields["settle_window_s"].default,
+        help=fields["settle_window_s"].description,
+    )
 
 
 def params_from_args(args: argparse.Namespace) -> EditParams:
@@ -124,6 +130,7 @@ def params_from_args(args: argparse.Namespace) -> EditParams:
         "force": args.force,
         "concurrency_limit": args.concurrency_limit,
         "simulator_time_scale": args.time_scale,
+        "settle_window_s": args.settle_window,
     }
     if args.state_dir:
         values["state_dir"] = args.state_dir

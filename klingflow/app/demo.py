@@ -51,16 +51,17 @@ def run_demo(*, time_scale: float = 1.0, output_dir: str = "outputs", report_dir
 
 
 def reconcile(report_path: str | None, simulator_state: Path) -> str:
-    """One line comparing the run's report with the simulator's billing ledger."""
+    """One line comparing the run's report with the simulator's billing ledger (read through its API)."""
     import pandas as pd
 
-    from klingflow.simulator.ledger import Ledger
+    from klingflow.simulator import Simulator, SimulatorConfig
 
     if not report_path:
         return "no report written"
     rows = pd.read_parquet(report_path)
     billed = rows[rows["request_id"].notna() & ~rows["reused"].fillna(False)]
-    ledger = {e.request_id: e for e in Ledger(simulator_state / "ledger.jsonl").entries()}
+    with Simulator(SimulatorConfig(state_dir=simulator_state)) as sim:
+        ledger = {e.request_id: e for e in sim.ledger()}
     matched = [r for r in billed["request_id"] if r in ledger]
     report_total = round(float(billed["cost_usd"].fillna(0).sum()), 2)
     ledger_total = round(sum(float(ledger[r].cost_usd) for r in matched), 2)

@@ -1,62 +1,123 @@
-"""Settling a submission whose outcome is unknown, through fal's request history.
+"""fal's request history as the second source of truth, used as fal documents it.
 
-If a run dies between writing "submitting" and learning the request id, fal may hold a request
-klingflow has no id for. fal's platform API lists an endpoint's requests with their input
-payloads (`GET /v1/models/requests/by-endpoint?expand=payloads`); the simulator serves the same
-route. A request whose input hashes to what the crashed run was sending is adopted (resumed by id)
-instead of submitting again. What remains: if fal's history lags or omits requests that are still
-queued, such a request is not found and the job is submitted again — see the README.
+fal lists an endpoint's requests (`GET /v1/models/requests/by-endpoint`) once they have started, with
+their input payloads while payload storage is on, and has had incidents of data arriving hours late.
+So absence is proven only over a settle window, and only when every listed request in it has its
+payload (a request sent with `X-Fal-Store-IO: 0` by anyone could be the one we look for).
+
+Two uses:
+- `find_by_payload`: a submit whose answer was lost — is a request with exactly that input there?
+- `RecentRequests`: before paying for work the ledger has never seen (a lost ledger, another state
+  dir, another machine), the endpoint's requests of the last 24 h are read once per run and a request
+  with the same prompt and parameters whose inputs have the same bytes (hashed after download) is
+  adopted instead of paying again. Limits: only requests of the same key, in that window, that fal
+  lists with payloads; an input URL that no longer downloads cannot be compared.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from datetime import UTC, datetime
-from typing import Any
+import asyncio
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-import httpx
+from klingflow.endpoint import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
+from klingflow.errors import DownloadError, FalError
+from klingflow.fal.outcomes import HistoryItem
+from klingflow.fal.queue import FalQueue
+from klingflow.fal.submit import payload_sha256
+from klingflow.hashing import sha256_file
+from klingflow.models import JobRecord
 
-from klingflow.fal.backend import BackendSession
-from klingflow.models import Backend
-
-FAL_PLATFORM_API = "https://api.fal.ai/v1"
-PAGE_LIMIT = 100
-MAX_PAGES = 20
 LOOKBACK_S = 300.0  # clock skew and queueing margin before the "submitting" mark
+ADOPTION_WINDOW = timedelta(hours=24)
 
 
-class HistoryUnavailable(Exception):
-    """The request history could not be read; the outcome stays unknown."""
+@dataclass(frozen=True)
+class Sighting:
+    """What the history says about one payload: the request if listed, and whether absence is provable."""
+
+    item: HistoryItem | None
+    complete: bool  # every request listed in the window has its payload
 
 
-def payload_sha256(arguments: dict[str, Any]) -> str:
-    """A stable hash of a request's input, as sent and as fal lists it back."""
-    return hashlib.sha256(json.dumps(arguments, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+async def find_by_payload(fal: FalQueue, digest: str, since_epoch: float) -> Sighting:
+    """The request whose input hashes to `digest`, sent after `since_epoch` (raises FalError if unreadable)."""
+    start = datetime.fromtimestamp(since_epoch - LOOKBACK_S, UTC)
+    items = await fal.history(start=start)
+    match = next((i for i in items if i.has_payload and payload_sha256(i.json_input) == digest), None)
+    return Sighting(match, all(i.has_payload for i in items))
 
 
-def platform_url(session: BackendSession) -> str:
-    return FAL_PLATFORM_API if session.kind is Backend.fal else f"{session.base_url}/v1"
+class RecentRequests:
+    """The endpoint's requests of the last 24 h (one paged read per run), to adopt work already paid for."""
+
+    def __init__(self, fal: FalQueue) -> None:
+        self._fal = fal
+        self._items: list[HistoryItem] | None = None
+        self._lock = asyncio.Lock()
+        self._digests: dict[str, str | None] = {}  # input URL -> sha256 of its bytes (None: not fetchable)
+
+    async def items(self) -> list[HistoryItem]:
+        async with self._lock:
+            if self._items is None:
+                try:
+                    self._items = await self._fal.history(start=datetime.now(UTC) - ADOPTION_WINDOW)
+                except FalError:
+                    self._items = []  # no history, no adoption: the ledger alone decides
+            return self._items
+
+    async def same_work(self, job: JobRecord) -> HistoryItem | None:
+        """A started or succeeded request with this job's prompt, parameters and input bytes, if any."""
+        for item in await self.items():
+            if item.status_code not in (None, 200) or not _same_parameters(item, job):
+                continue
+            if await self._same_inputs(item, job):
+                return item
+        return None
+
+    async def _same_inputs(self, item: HistoryItem, job: JobRecord) -> bool:
+        payload = item.json_input
+        if await self._digest(payload.get("video_url"), MAX_VIDEO_BYTES) != job.input_sha256:
+            return False
+        wanted = [*job.prepared_images, *(p for e in job.prepared_elements for p in (e.frontal, *e.references))]
+        given = [
+            *payload.get("image_urls", []),
+            *(
+                u
+                for e in payload.get("elements", [])
+                for u in (e.get("frontal_image_url"), *e.get("reference_image_urls", []))
+            ),
+        ]
+        if len(wanted) != len(given):
+            return False
+        for path, url in zip(wanted, given, strict=True):
+            if await self._digest(url, MAX_IMAGE_BYTES) != await asyncio.to_thread(sha256_file, path):
+                return False
+        return True
+
+    async def _digest(self, url: object, max_bytes: int) -> str | None:
+        if not isinstance(url, str):
+            return None
+        if url not in self._digests:
+            with tempfile.TemporaryDirectory(prefix="klingflow-adopt-") as tmp:
+                path = Path(tmp) / "input"
+                try:
+                    await self._fal.download(url, path, max_bytes=max_bytes)
+                    self._digests[url] = await asyncio.to_thread(sha256_file, path)
+                except (DownloadError, OSError, FalError):
+                    self._digests[url] = None
+        return self._digests[url]
 
 
-async def find_request(session: BackendSession, endpoint: str, digest: str, since_epoch: float) -> str | None:
-    """The id of a request to `endpoint` sent after `since_epoch` whose input hashes to `digest`, if any."""
-    start = datetime.fromtimestamp(since_epoch - LOOKBACK_S, UTC).isoformat(timespec="seconds")
-    params: dict[str, Any] = {"endpoint_id": endpoint, "start": start, "expand": "payloads", "limit": PAGE_LIMIT}
-    headers = {"Authorization": f"Key {session.key}"}
-    url = f"{platform_url(session)}/models/requests/by-endpoint"
-    async with httpx.AsyncClient(timeout=30.0, headers=headers) as http:
-        for _ in range(MAX_PAGES):
-            try:
-                response = await http.get(url, params=params)
-                response.raise_for_status()
-                page = response.json()
-            except (httpx.HTTPError, ValueError) as exc:
-                raise HistoryUnavailable(f"{exc.__class__.__name__}: {exc}") from exc
-            for item in page.get("items", []):
-                if isinstance(item.get("json_input"), dict) and payload_sha256(item["json_input"]) == digest:
-                    return str(item["request_id"])
-            if not page.get("has_more") or not page.get("next_cursor"):
-                return None
-            params["cursor"] = page["next_cursor"]
-    return None
+def _same_parameters(item: HistoryItem, job: JobRecord) -> bool:
+    payload = item.json_input
+    return (
+        item.has_payload
+        and payload.get("prompt") == job.prompt
+        and payload.get("keep_audio", True) == job.keep_audio
+        and payload.get("shot_type", job.shot_type) == job.shot_type
+        and len(payload.get("image_urls") or []) == len(job.prepared_images)
+        and len(payload.get("elements") or []) == len(job.prepared_elements)
+    )

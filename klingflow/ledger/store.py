@@ -22,21 +22,47 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
 from klingflow.cachedir import open_json_cache
+from klingflow.ledger.decide import JobState
 from klingflow.models import PaidResult
 
-EntryState = Literal["submitting", "submitted", "completed", "succeeded", "failed", "cancelled"]
+_open_tokens: set[str] = set()  # tokens of the ledgers open in this process (their runs are going on)
+
+
+class LockOwner(BaseModel):
+    """Who holds a job's lock, or owes a bill to its report: a run on a host, for a lease."""
+
+    host: str
+    pid: int
+    token: str
+    run_id: str
+    lease_until: float
+
+    def is_stale(self, now: float) -> bool:
+        """Lease lapsed, or the owner is gone: its process left this host, or (this process) its run ended."""
+        if now > self.lease_until:
+            return True
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return self.token not in _open_tokens
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 class LedgerEntry(PaidResult):
-    """One job key's request history, as the latest write left it."""
+    """One job key's request history, as the latest write left it (states: klingflow.ledger.decide)."""
 
     job_key: str
-    state: EntryState
+    state: JobState
     job_id: str
     run_id: str
     backend: str
@@ -45,30 +71,12 @@ class LedgerEntry(PaidResult):
     submitting_at: float | None = None  # epoch seconds, written before the POST
     submitted_at: float | None = None
     updated_at: float
-    billed_in_run: str | None = None  # a run whose report already carries this bill (its download failed)
+    report_pending: bool = False  # billed, and no report carries the bill yet
+    bill_owner: LockOwner | None = None  # the run whose report will carry it (if it dies first, the next one will)
+    billed_in_run: str | None = None  # the run whose report carries this bill
+    cancel_requested_at: float | None = None
+    fal_status: int | None = None  # HTTP status fal ended the request with (failed_at_fal)
     error: str | None = None
-
-
-class LockOwner(BaseModel):
-    host: str
-    pid: int
-    token: str
-    run_id: str
-    lease_until: float
-
-    def is_stale(self, now: float) -> bool:
-        """Lease lapsed, or the owner process is gone from this host."""
-        if now > self.lease_until:
-            return True
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
 
 
 class RequestLedger:
@@ -79,6 +87,24 @@ class RequestLedger:
         self.namespace = namespace
         self.lease_s = lease_s
         self.token = uuid.uuid4().hex[:12]  # this ledger's identity as a lock owner (one per run)
+        _open_tokens.add(self.token)
+
+    def owner(self, run_id: str, lease_s: float) -> LockOwner:
+        """This run as the owner of a lock or a bill, for `lease_s` seconds."""
+        return LockOwner(
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            token=self.token,
+            run_id=run_id,
+            lease_until=time.time() + lease_s,
+        )
+
+    def carries_bill(self, entry: LedgerEntry) -> bool:
+        """Whether this run's report must carry the entry's bill: none has, and its owner run is gone."""
+        if not entry.report_pending:
+            return False
+        owner = entry.bill_owner
+        return owner is None or owner.token == self.token or owner.is_stale(time.time())
 
     def _key(self, job_key: str) -> str:
         return f"{self.namespace}|entry|{job_key}"
@@ -93,14 +119,18 @@ class RequestLedger:
     def put(self, entry: LedgerEntry) -> None:
         self._cache.set(self._key(entry.job_key), entry.model_dump(mode="json"))
 
+    def write(self, entry: LedgerEntry, **fields: object) -> LedgerEntry:
+        """Write `entry` with `fields` changed, validated (unknown fields and wrong types raise)."""
+        merged = LedgerEntry.model_validate({**entry.model_dump(), **fields, "updated_at": time.time()})
+        self.put(merged)
+        return merged
+
     def update(self, job_key: str, **fields: object) -> LedgerEntry:
-        """Merge `fields` into the key's entry (which must exist) and write it."""
+        """Merge `fields` into the key's entry (which must exist), validated, and write it."""
         current = self.get(job_key)
         if current is None:
             raise KeyError(job_key)
-        entry = current.model_copy(update={**fields, "updated_at": time.time()})
-        self.put(entry)
-        return entry
+        return self.write(current, **fields)
 
     def entries(self) -> list[LedgerEntry]:
         prefix = f"{self.namespace}|entry|"
@@ -159,5 +189,19 @@ class RequestLedger:
             await asyncio.sleep(self.lease_s / 3)
             self.try_lock(job_key, run_id)
 
+    def mark_reported(self, job_keys: list[str], run_id: str) -> None:
+        """This run's report (written) carries these keys' bills: later rows of them cost nothing."""
+        for key in job_keys:
+            entry = self.get(key)
+            if entry is not None and entry.report_pending and entry.bill_owner and entry.bill_owner.token == self.token:
+                self.write(entry, report_pending=False, billed_in_run=run_id, bill_owner=None)
+
     def close(self) -> None:
+        _open_tokens.discard(self.token)
         self._cache.close()
+
+    def __enter__(self) -> RequestLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,7 +8,6 @@ recorded size and sha256.
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 
@@ -33,7 +32,7 @@ class TranscodeCache:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = private_dir(Path(directory))
-        self._index = open_json_cache(self.directory)  # thread-safe; kept open for the process
+        self._index = open_json_cache(self.directory)  # opened by the job that needs it, closed after
 
     @staticmethod
     def key(source_sha256: str, settings_digest: str) -> str:
@@ -55,8 +54,11 @@ class TranscodeCache:
     def put(self, source_sha256: str, settings_digest: str, entry: CacheEntry) -> None:
         self._index.set(self.key(source_sha256, settings_digest), entry.model_dump(mode="json"))
 
+    def close(self) -> None:
+        self._index.close()
 
-@functools.lru_cache(maxsize=16)
-def transcode_cache(directory: str) -> TranscodeCache:
-    """The process's one TranscodeCache for `directory` (the index is opened once, not per job)."""
-    return TranscodeCache(directory)
+    def __enter__(self) -> TranscodeCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

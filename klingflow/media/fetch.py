@@ -3,17 +3,14 @@ into the work dir (atomically, with a byte ceiling) so preprocessing can probe a
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
-
-from klingflow.errors import MediaError
-from klingflow.media.download import DownloadError, stream_to_file
+from klingflow.errors import DownloadError, MediaError
+from klingflow.fal.transfer import download_sync
 
 
 def is_url(location: str) -> bool:
@@ -37,11 +34,6 @@ def part_path(out: Path, suffix: str = "") -> Path:
     return out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.part{suffix}")
 
 
-async def _fetch(url: str, path: Path, timeout_s: float, max_bytes: int) -> None:
-    async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
-        await stream_to_file(url, path, client=client, max_bytes=max_bytes)
-
-
 def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> Path:
     """Stream a URL to dest_dir, named by the URL's hash and keeping its extension.
 
@@ -52,7 +44,7 @@ def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> P
     out = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
     tmp = part_path(out)
     try:
-        asyncio.run(_fetch(url, tmp, timeout_s, max_bytes))  # removes tmp on any failure
+        download_sync(url, tmp, timeout_s=timeout_s, max_bytes=max_bytes)  # removes tmp on any failure
     except DownloadError as exc:
         reason = f"is larger than {max_bytes} bytes" if exc.too_large else f"failed: {exc}"
         raise MediaError(f"download {reason}") from exc

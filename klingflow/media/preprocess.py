@@ -35,13 +35,13 @@ from klingflow.cachedir import private_dir
 from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, cost_usd, prompt_reference_errors
 from klingflow.errors import JobError, MediaError
 from klingflow.hashing import sha256_file
-from klingflow.media.cache import CacheEntry, transcode_cache
+from klingflow.media.cache import CacheEntry, TranscodeCache
 from klingflow.media.fetch import check_local, download, is_url, part_path
 from klingflow.media.ffmpeg import ffmpeg_args, run_ffmpeg
 from klingflow.media.images import image_fixes, image_problems, normalize_image, probe_image
 from klingflow.media.plan import Plan, PlanOptions, endpoint_problems, plan_video
 from klingflow.media.probe import VideoProbe, probe_video
-from klingflow.models import AspectPolicy, EditParams, ElementSpec, JobRecord, TooLongPolicy, TooShortPolicy
+from klingflow.models import AspectPolicy, EditParams, ElementSpec, JobRecord, Stage, TooLongPolicy, TooShortPolicy
 
 __all__ = [
     "PREPROCESS_VERSION",
@@ -53,7 +53,7 @@ __all__ = [
 
 # Bump when the output of a transform changes (filters, encoder flags): old cache entries then miss.
 PREPROCESS_VERSION = "1"
-STAGE = "preprocess"
+STAGE = Stage.preprocess
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +110,7 @@ class PreparedVideo(BaseModel):
 
 
 def _job_error(record: JobRecord, reason: str, path: str | None = None) -> JobError:
-    return JobError(reason, job_id=f"{record.row} (job {record.job_id})", path=path)
+    return JobError(reason, row=record.row, job_id=record.job_id, path=path)
 
 
 @contextlib.contextmanager
@@ -206,7 +206,20 @@ def _normalize(
     if plan.mode == "passthrough":
         return PreparedVideo(path=str(src), sha256=source_sha, probe=probe, actions=plan.actions)
     digest = settings.digest(record.keep_audio)
-    cache = transcode_cache(str(Path(settings.work_dir) / "index"))
+    with TranscodeCache(Path(settings.work_dir) / "index") as cache:
+        return _transcode(src, probe, source_sha, plan, opts, digest, cache, settings)
+
+
+def _transcode(
+    src: Path,
+    probe: VideoProbe,
+    source_sha: str,
+    plan: Plan,
+    opts: PlanOptions,
+    digest: str,
+    cache: TranscodeCache,
+    settings: PreprocessSettings,
+) -> PreparedVideo:
     hit = cache.get(source_sha, digest)
     if hit is not None:
         cached = VideoProbe.model_validate(hit.probe)
@@ -260,8 +273,8 @@ def _preprocess(record: JobRecord, settings: PreprocessSettings) -> JobRecord:
     source, source_sha, prepared = _prepare_video(record, settings)
     out = prepared.probe
     seconds = billable_seconds(out.duration_s)
-    return record.model_copy(
-        update={
+    return record.with_(
+        **{
             "source": source.model_dump(),
             "source_sha256": source_sha,
             "preprocess_actions": [*prepared.actions, *image_actions],
@@ -286,8 +299,7 @@ def preprocess_job(record: JobRecord, settings: PreprocessSettings) -> JobRecord
     try:
         return _preprocess(record, settings)
     except JobError as exc:
-        return record.fail(STAGE, exc.message)
+        return record.fail(STAGE, exc.reason, path=exc.path)
     except Exception as exc:  # a bug or an environment fault must not sink the whole batch
         log.exception("unexpected preprocessing error for job %s", record.job_id)
-        error = _job_error(record, f"unexpected error ({exc.__class__.__name__}: {exc})", record.video)
-        return record.fail(STAGE, error.message)
+        return record.fail(STAGE, f"unexpected error ({exc.__class__.__name__}: {exc})", path=record.video)

@@ -1,30 +1,36 @@
 """When a flow run is cancelled (Prefect UI, API or worker), cancel its requests still at fal.
 
 In-process cancellation (Ctrl-C, task cancellation, and the SIGTERM a worker sends to cancel a run)
-is handled where each job waits (flows/job_lifecycle.py). This hook covers the rest: a process worker
+is handled where each job waits (klingflow.pipeline.job). This hook covers the rest: a process worker
 runs it in a separate process after the run's process exited, so it reads the run's requests from
-the request ledger and cancels each one that is still `submitted` (one the flow could not cancel
-itself, or submitted but not yet waited on). A queued request is then never processed nor billed;
-what was already billed stays in the ledger and the report of any later run that resumes it, and the
-hook logs both to the run's logs (the UI) since nothing else reports on a cancelled run.
+the request ledger and asks fal to cancel each one still `submitted`. The entry becomes
+`cancel_requested`, not `cancelled`: fal may still complete a running request (and bill it), so the
+next run resumes it and records what fal finally says. What was already billed is logged to the run's
+logs (the UI), since nothing else reports on a cancelled run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
-import fal_client
-import httpx
 from prefect.logging.loggers import flow_run_logger
 
-from klingflow.fal.backend import choose_backend, open_backend
+from klingflow.errors import FalError
+from klingflow.fal.backend import choose_backend, resolve_fal_key
+from klingflow.fal.outcomes import Done, Failure, Output, Result
+from klingflow.fal.queue import FalQueue
+from klingflow.ledger.decide import JobState, billed
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.models import EditParams
+from klingflow.pipeline.backend import open_backend
+from klingflow.pipeline.job import bill_fields
 
 log = logging.getLogger(__name__)
-BILLED_STATES = ("completed", "succeeded")
+CONFIRM_WAIT_S = 15.0
 Logger = logging.Logger | logging.LoggerAdapter
 
 
@@ -35,38 +41,80 @@ async def cancel_outstanding_requests(flow: Any, flow_run: Any, state: Any) -> N
         return
     logger = _run_logger(flow, flow_run)
     params = raw if isinstance(raw, EditParams) else EditParams.model_validate(raw)
-    kind = choose_backend(params.backend, logger)
-    ledger = RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value)
-    try:
+    key = resolve_fal_key(logger)
+    kind = choose_backend(params.backend, key, logger)
+    with RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value) as ledger:
         run_id = str(flow_run.id)
-        mine = [e for e in ledger.entries() if e.run_id == run_id]
-        outstanding = [e for e in mine if e.state == "submitted" and e.request_id]
-        if outstanding:
-            with open_backend(params, logger, kind=kind) as session:
-                for entry in outstanding:
-                    await _cancel(entry, session.client, params.endpoint, ledger, logger)
-        _log_billed(mine, logger)
-    finally:
-        ledger.close()
+        at_fal = [
+            e
+            for e in ledger.entries()
+            if e.run_id == run_id and e.request_id and e.state in (JobState.submitted, JobState.cancel_requested)
+        ]
+        if at_fal:
+            async with open_backend(params, kind, key, logger) as fal:
+                for entry in at_fal:
+                    await _cancel(entry, fal, ledger, logger)
+        _log_billed([e for e in ledger.entries() if e.run_id == run_id], logger)
 
 
-async def _cancel(entry: LedgerEntry, client: Any, endpoint: str, ledger: RequestLedger, logger: Logger) -> None:
+async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logger: Logger) -> None:
+    """Cancel (unless the run already asked) and record what fal answers; unconfirmed stays resumable."""
+    asked_here = entry.state is JobState.submitted
     try:
-        handle = await client.get_handle(endpoint, entry.request_id or "")
-        await handle.cancel()
-    except (fal_client.FalClientError, httpx.HTTPError) as exc:
-        logger.warning("could not cancel request %s of job %s: %s", entry.request_id, entry.job_id, exc)
+        if asked_here:
+            await fal.cancel(entry.request_id or "")
+            entry = ledger.write(entry, state=JobState.cancel_requested, cancel_requested_at=time.time())
+        result = await _result_when_done(fal, entry.request_id or "")
+    except FalError as exc:
+        logger.warning(
+            "could not cancel request %s of job %s (%s); the next run resumes it", entry.request_id, entry.job_id, exc
+        )
         return
-    ledger.update(entry.job_key, state="cancelled", error="cancelled with the flow run")
-    logger.info("cancelled request %s of job %s at fal (not billed)", entry.request_id, entry.job_id)
+    if isinstance(result, Failure) and result.cancelled:
+        ledger.write(entry, state=JobState.cancelled, error="cancelled with the flow run", fal_status=result.status)
+        logger.info(
+            "%s request %s of job %s at fal (not billed)",
+            "cancelled" if asked_here else "confirmed the cancel of",
+            entry.request_id,
+            entry.job_id,
+        )
+    elif isinstance(result, Output):
+        ledger.write(
+            entry,
+            state=JobState.completed,
+            output_url=result.video_url,
+            report_pending=True,
+            **bill_fields(result.billable_units, None),
+        )
+        logger.warning(
+            "request %s of job %s completed before the cancel took effect; it is billed and the next run collects it",
+            entry.request_id,
+            entry.job_id,
+        )
+    else:
+        logger.info(
+            "asked fal to cancel request %s of job %s; fal has not confirmed yet: the next run resumes it",
+            entry.request_id,
+            entry.job_id,
+        )
+
+
+async def _result_when_done(fal: FalQueue, request_id: str, wait_s: float = CONFIRM_WAIT_S) -> Result | None:
+    """The request's result once fal says it is done (None if it is not done within `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while not isinstance(await fal.status(request_id, logs=False), Done):
+        if time.monotonic() > deadline:
+            return None
+        await asyncio.sleep(0.5)
+    return await fal.result(request_id)
 
 
 def _log_billed(entries: list[LedgerEntry], logger: Logger) -> None:
-    billed = [e for e in entries if e.state in BILLED_STATES]
-    total = sum(e.cost_usd or 0.0 for e in billed)
-    detail = ", ".join(f"{e.job_id} ({e.request_id}, ${e.cost_usd or 0.0:.2f})" for e in billed)
+    paid = [e for e in entries if billed(e.state)]
+    total = sum(e.cost_usd or 0.0 for e in paid)
+    detail = ", ".join(f"{e.job_id} ({e.request_id}, ${e.cost_usd or 0.0:.2f})" for e in paid)
     logger.info(
-        "cancelled run: %d request(s) already billed, $%.2f%s", len(billed), total, f": {detail}" if detail else ""
+        "cancelled run: %d request(s) already billed, $%.2f%s", len(paid), total, f": {detail}" if detail else ""
     )
 
 

@@ -1,37 +1,64 @@
-"""One job's life at fal: reuse a paid result, or resume a submitted request, or upload and submit;
-then collect and download — never paying twice.
+"""One job's life at fal, driven by the state machine of klingflow.ledger.decide.
 
-Order of writes to the request ledger (each a durable SQLite commit):
-  "submitting" (before the POST) → "submitted" + request id (right after the answer)
-  → "completed" + output URL and bill → "succeeded" + output file.
-A crash after "submitted" is resumed by request id. A crash between "submitting" and "submitted"
-(one HTTP round trip) is settled by the next run through fal's request history
-(klingflow.fal.history): the request is adopted if fal has it, submitted if not. If the
-history cannot be read, the job fails saying so and is not resent unless the user forces it.
+`run_job` picks the starting point from the request ledger (the only persisted state): reuse a paid
+result, resume a request fal has, settle a submit whose answer was lost, adopt work fal already did
+for a ledger that never saw it, or upload and submit. From there `_Driver` performs one action at a
+time (submit, poll, fetch the result, cancel, settle, download), turns each fal call's typed outcome
+into an Event, asks `decide` for the next state and action, and writes every change of state to the
+ledger before acting on it. A failing job ends as its report row; it never stops the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from collections.abc import Awaitable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-import fal_client
-import httpx
-
-from klingflow.fal.backend import BackendSession
-from klingflow.fal.history import HistoryUnavailable, find_request, payload_sha256
+from klingflow.endpoint import cost_usd
+from klingflow.errors import FalError, FalRejected, FalTransient
+from klingflow.fal.history import RecentRequests, find_by_payload
+from klingflow.fal.outcomes import (
+    Accepted,
+    CancelReply,
+    Done,
+    Failure,
+    Output,
+    Queued,
+    Rejected,
+    Running,
+)
+from klingflow.fal.queue import FalQueue
 from klingflow.fal.slots import RequestSlots
-from klingflow.hashing import sha256_file
+from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
+from klingflow.fal.uploads import UploadCache, upload_job
 from klingflow.ledger.budget import Budget
+from klingflow.ledger.decide import Action, Event, JobState, decide
 from klingflow.ledger.store import LedgerEntry, RequestLedger
-from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, EditParams, JobRecord
-from tasks.collect import UNREACHABLE_STAGE, PollSettings, collect, download
-from tasks.submit import UNKNOWN_OUTCOME_STAGE, edit_arguments, submit
-from tasks.upload import UploadCache, upload
+from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, CostSource, EditParams, JobRecord, JobStatus, Stage
+from klingflow.pipeline.outputs import download_and_verify, output_is_intact
+
+GROWTH = 1.5
+CANCEL_GRACE_S = 60.0  # after a cancel, how long this run waits for fal's terminal answer
+REPORT_GRACE_S = 6 * 3600.0  # a run on another host that saw a bill has this long to report it, then the next does
+SETTLE_BACKOFF_S = (2.0, 4.0, 8.0, 15.0, 30.0)
+HISTORY_BY_ID_WINDOW = timedelta(days=90)  # fal widens the history to 90 days when a request id is given
+AT_FAL = frozenset({Action.submit, Action.poll, Action.fetch_result, Action.cancel, Action.settle})
+
+
+@dataclass(frozen=True)
+class PollSettings:
+    interval_s: float
+    max_interval_s: float
+    timeout_s: float
+
+
+def next_interval(current: float, settings: PollSettings) -> float:
+    """The adaptive polling schedule: geometric growth, capped (fal_client's 0.1 s would be ~600 calls/min)."""
+    return min(settings.max_interval_s, current * GROWTH)
 
 
 @dataclass
@@ -40,197 +67,476 @@ class RunContext:
 
     run_id: str
     params: EditParams
-    session: BackendSession
+    fal: FalQueue
     ledger: RequestLedger
     budget: Budget
     slots: RequestSlots
     uploads: UploadCache
     poll: PollSettings
+    recent: RecentRequests
+    log: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("klingflow.job"))
 
 
 async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
-    """The whole life of one job; its failures end this job only."""
+    """The whole life of one job in this run; its failures end this job only."""
     if not job.ok or job.job_key is None:
         return job
     async with ctx.ledger.locked(job.job_key, ctx.run_id):
         entry = ctx.ledger.get(job.job_key)
-        if entry is not None and not ctx.params.force:
-            if entry.state == "succeeded":
-                return await _reuse(job, entry, ctx)
-            if entry.state in ("submitted", "completed") and entry.request_id:
-                return await _resume(job, entry, ctx)
-            if entry.state == "submitting":
-                return await _settle_unknown(job, entry, ctx)
-        return await _submit_new(job, ctx)
+        force = ctx.params.force
+        if entry is None and not force and (adopted := await _adopt(job, ctx)) is not None:
+            return adopted
+        if entry is None or (force and entry.state not in (JobState.submitted, JobState.cancel_requested)):
+            return await _new_request(job, ctx)
+        if entry.state is JobState.succeeded:
+            return await _reuse(job, entry, ctx)
+        if entry.state is JobState.failed_at_fal and _user_error(entry):
+            return job.fail(
+                Stage.collect,
+                f"fal refused this exact input before ({entry.error}); fix the input, "
+                "or re-run with force=true to pay for another attempt",
+            )
+        if entry.state in (JobState.cancelled, JobState.failed_before_submit, JobState.failed_at_fal):
+            return await _new_request(job, ctx)
+        state = JobState.unknown if entry.state is JobState.submitting else entry.state  # a crash mid-POST
+        return await _Driver(_resumed(job, entry, ctx), ctx, entry).run(state, _resume_point(state))
 
 
-async def _settle_unknown(
-    job: JobRecord, entry: LedgerEntry, ctx: RunContext, *, may_resubmit: bool = True
-) -> JobRecord:
-    """A submit whose answer was lost: adopt the request if fal's history has it, else submit (once)."""
-    try:
-        found = await find_request(
-            ctx.session, ctx.params.endpoint, entry.payload_sha256 or "", entry.submitting_at or entry.updated_at
-        )
-    except HistoryUnavailable as exc:
-        return job.fail(UNKNOWN_OUTCOME_STAGE, f"{_unknown_outcome(job, entry)} (request history: {exc})")
-    if found is None:
-        if not may_resubmit:
-            return job.fail(UNKNOWN_OUTCOME_STAGE, f"{_unknown_outcome(job, entry)} (not in the request history)")
-        return await _submit_new(job, ctx, may_resubmit=False)
-    entry = ctx.ledger.update(
-        job.job_key, state="submitted", request_id=found, submitted_at=entry.submitting_at or entry.updated_at
-    )
-    return await _resume(job, entry, ctx)
-
-
-async def _submit_new(job: JobRecord, ctx: RunContext, *, may_resubmit: bool = True) -> JobRecord:
-    estimate = job.estimated_cost_usd or 0.0
-    if not ctx.budget.reserve(estimate):
-        return job.model_copy(
-            update={
-                "status": "skipped_budget",
-                "error": f"row {job.row} ({job.job_id}): not submitted: ${estimate:.2f} would exceed the budget of "
-                f"${ctx.params.max_budget_usd:.2f} (${ctx.budget.committed_usd:.2f} already committed)",
-                "error_stage": "budget",
-            }
-        )
-    job = await _guarded(job, "upload", upload(job, ctx.uploads))
-    if not job.ok:
-        ctx.budget.settle(estimate, 0.0)
-        return job
-    uploaded = job
-    async with ctx.slots.hold():
-        digest = payload_sha256(edit_arguments(job))
-        _record(ctx, job, "submitting", submitting_at=time.time(), payload_sha256=digest)
-        job = await _guarded(job, UNKNOWN_OUTCOME_STAGE, submit(job, ctx.session, ctx.params.endpoint))
-        if job.request_id is not None:
-            ctx.ledger.update(job.job_key, state="submitted", request_id=job.request_id, submitted_at=time.time())
-            job = await _collect(job, ctx)
-    if job.request_id is None:
-        ctx.budget.settle(estimate, 0.0)
-        if job.error_stage == "submit":  # a sure rejection: nothing at fal, nothing billed
-            ctx.ledger.update(job.job_key, state="failed", error=job.error)
-            return job
-        entry = ctx.ledger.get(job.job_key or "")
-        if entry is None or entry.state != "submitting":
-            return job
-        return await _settle_unknown(uploaded, entry, ctx, may_resubmit=may_resubmit)
-    ctx.budget.settle(estimate, job.cost_usd or 0.0)
-    return await _download(job, ctx)
-
-
-async def _resume(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
-    """A request an earlier run submitted: poll it by id instead of submitting again."""
-    ctx.budget.reserve(job.estimated_cost_usd or 0.0, force=True)
-    job = job.model_copy(
-        update={
-            "request_id": entry.request_id,
-            "submitted_at": datetime.fromtimestamp(entry.submitted_at or entry.updated_at, UTC),
-        }
-    )
-    if entry.state == "completed" and entry.output_url:
-        job = _with_result(job, entry)
-        if entry.billed_in_run:  # that run's report already counts the bill: this one must not
-            job = _as_reused(job)
+def bill_fields(units: float | None, estimated_seconds: float | None, *, failed: bool = False) -> dict[str, Any]:
+    """What a finished request cost: fal's billable units, else (for an output) the estimate; an error
+    result costs something only when fal says so."""
+    if units is None and not failed:
+        seconds, source = float(estimated_seconds or 0), CostSource.estimate
+    elif units:
+        seconds, source = float(units), CostSource.header
     else:
-        async with ctx.slots.hold():
-            job = await _collect(job, ctx)
-    ctx.budget.settle(job.estimated_cost_usd or 0.0, job.cost_usd or 0.0)
-    return await _download(job, ctx)
+        return {"billed_seconds": 0.0 if failed else None, "cost_usd": None, "cost_source": CostSource.none}
+    return {"billed_seconds": seconds, "cost_usd": float(cost_usd(seconds)), "cost_source": source}
+
+
+def _resume_point(state: JobState) -> Action:
+    return {
+        JobState.completed: Action.download,
+        JobState.submitted: Action.poll,
+        JobState.cancel_requested: Action.poll,
+    }.get(state, Action.settle)  # unknown
+
+
+def _user_error(entry: LedgerEntry) -> bool:
+    return entry.fal_status is not None and 400 <= entry.fal_status < 500 and entry.fal_status != 499
+
+
+def _resumed(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
+    """The job with what the ledger knows: its request, and its bill if fal was done.
+
+    The bill goes into exactly one report: the one of the run that saw it, or, if that run died before
+    writing its report, this one (which then owns it); otherwise this row costs nothing.
+    """
+    fields: dict[str, Any] = {"request_id": entry.request_id}
+    if entry.submitted_at or entry.submitting_at:
+        fields["submitted_at"] = datetime.fromtimestamp(entry.submitted_at or entry.submitting_at or 0, UTC)
+    if entry.state in (JobState.completed, JobState.succeeded):
+        fields |= entry.model_dump(include=BILL_FIELDS)
+        if ctx.ledger.carries_bill(entry):
+            ctx.ledger.write(entry, bill_owner=ctx.ledger.owner(ctx.run_id, REPORT_GRACE_S))
+        else:
+            fields |= _REUSED
+    return job.with_(**fields)
+
+
+_REUSED: dict[str, Any] = {"reused": True, "billed_seconds": 0.0, "cost_usd": 0.0, "cost_source": CostSource.reused}
 
 
 async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
     """A result already paid for: point at its output (downloading it again if the file is gone)."""
-    job = _as_reused(_with_result(job.model_copy(update={"request_id": entry.request_id}), entry, OUTPUT_FIELDS))
-    path = Path(entry.output_path) if entry.output_path else None
-    if path is not None and path.is_file() and await asyncio.to_thread(sha256_file, path) == entry.output_sha256:
-        return job.model_copy(update={"status": "succeeded"})
-    job = await _download(job, ctx)
-    if job.status != "succeeded":
+    job = _resumed(job, entry, ctx).with_(**entry.model_dump(include=OUTPUT_FIELDS))
+    if await output_is_intact(entry.output_path, entry.output_sha256):
+        return job.with_(status=JobStatus.succeeded)
+    return await _Driver(job, ctx, entry).run(JobState.succeeded, Action.download)
+
+
+async def _adopt(job: JobRecord, ctx: RunContext) -> JobRecord | None:
+    """Work the ledger never saw but fal already did (lost ledger, other state dir or machine): adopt it."""
+    item = await ctx.recent.same_work(job)
+    if item is None:
+        return None
+    ctx.log.warning(
+        "%s: fal already has this exact edit (request %s, sent %s); adopting it instead of paying again",
+        job.where,
+        item.request_id,
+        item.sent_at,
+    )
+    entry = _new_entry(
+        job,
+        ctx,
+        JobState.submitted,
+        request_id=item.request_id,
+        submitted_at=(item.sent_at or datetime.now(UTC)).timestamp(),
+    )
+    job = job.with_(request_id=item.request_id, submitted_at=item.sent_at, **_REUSED)
+    if item.output_url:
+        entry = ctx.ledger.write(entry, state=JobState.completed, output_url=item.output_url)
+        return await _Driver(job.with_(output_url=item.output_url), ctx, entry).run(JobState.completed, Action.download)
+    entry = ctx.ledger.write(entry)
+    return await _Driver(job, ctx, entry).run(JobState.submitted, Action.poll)
+
+
+async def _new_request(job: JobRecord, ctx: RunContext) -> JobRecord:
+    """Reserve the budget, upload, then submit once (the driver takes it from there)."""
+    estimate = job.estimated_cost_usd or 0.0
+    if not ctx.budget.reserve(estimate):
         return job.fail(
-            "download",
-            f"{job.error} — this result was paid for (request {entry.request_id}) but its output is gone; "
-            "re-run with force=true to pay for it again",
+            Stage.budget,
+            f"not submitted: ${estimate:.2f} would exceed the budget of ${ctx.params.max_budget_usd:.2f} "
+            f"(${ctx.budget.committed_usd:.2f} already committed)",
+            status=JobStatus.skipped_budget,
         )
-    return job
-
-
-def _with_result(job: JobRecord, entry: LedgerEntry, fields: frozenset[str] = BILL_FIELDS) -> JobRecord:
-    """The job with what the ledger knows of its paid result (the bill, and with OUTPUT_FIELDS the output)."""
-    return job.model_copy(update=entry.model_dump(include=fields | BILL_FIELDS))
-
-
-def _as_reused(job: JobRecord) -> JobRecord:
-    """Paid for by an earlier run, whose report carries the bill: this run's row costs nothing."""
-    return job.model_copy(update={"reused": True, "billed_seconds": 0.0, "cost_usd": 0.0, "cost_source": "reused"})
-
-
-async def _collect(job: JobRecord, ctx: RunContext) -> JobRecord:
-    """Wait for the request; on cancellation of this run, cancel it at fal first."""
-    try:
-        job = await _guarded(job, UNREACHABLE_STAGE, collect(job, ctx.session, ctx.params.endpoint, ctx.poll))
-    except asyncio.CancelledError:
-        await asyncio.shield(_cancel_at_fal(job, ctx))
-        raise
-    if job.output_url:
-        ctx.ledger.update(job.job_key, state="completed", **job.model_dump(include=BILL_FIELDS))
-    # When fal was not reached (collect-unreachable) the entry stays "submitted": the next run resumes it.
-    elif job.status in ("failed", "cancelled") and job.error_stage != UNREACHABLE_STAGE:
-        ctx.ledger.update(job.job_key, state="cancelled" if job.status == "cancelled" else "failed", error=job.error)
-    return job
-
-
-async def _download(job: JobRecord, ctx: RunContext) -> JobRecord:
-    if not job.ok or not job.output_url:
+    job = await upload_job(job, ctx.uploads)
+    if not job.ok:
+        ctx.budget.settle(estimate, 0.0)
         return job
-    job = await _guarded(job, "download", download(job, ctx.params.output_dir))
-    if job.status != "succeeded":
-        if not job.reused:  # this run's report carries the bill; a later run that downloads it must not
-            ctx.ledger.update(job.job_key, billed_in_run=ctx.run_id)
-        return job
-    ctx.ledger.update(job.job_key, state="succeeded", **job.model_dump(include=OUTPUT_FIELDS))
-    return job
+    decision = decide(JobState.planned, Event.uploaded)
+    return await _Driver(job, ctx, None, reserved=estimate).run(decision.state, decision.action)
 
 
-async def _cancel_at_fal(job: JobRecord, ctx: RunContext) -> None:
-    """Cancel a request whose run is being cancelled, and record it (a queued request is never billed)."""
-    if job.request_id is None:
-        return
-    try:
-        handle = await ctx.session.client.get_handle(ctx.params.endpoint, job.request_id)
-        await handle.cancel()
-    except (fal_client.FalClientError, httpx.HTTPError):
-        return  # already finished or unreachable: the ledger keeps "submitted", the next run resumes it
-    ctx.ledger.update(job.job_key, state="cancelled", error="cancelled with the flow run")
-
-
-def _record(ctx: RunContext, job: JobRecord, state: str, **fields: object) -> None:
-    ctx.ledger.put(
-        LedgerEntry(
-            job_key=job.job_key or "",
-            state=state,  # type: ignore[arg-type]
-            job_id=job.job_id,
-            run_id=ctx.run_id,
-            backend=ctx.session.label,
-            updated_at=time.time(),
-            **fields,  # type: ignore[arg-type]
-        )
+def _new_entry(job: JobRecord, ctx: RunContext, state: JobState, **fields: Any) -> LedgerEntry:
+    return LedgerEntry(
+        job_key=job.job_key or "",
+        state=state,
+        job_id=job.job_id,
+        run_id=ctx.run_id,
+        backend=ctx.fal.label,
+        updated_at=time.time(),
+        **fields,
     )
 
 
-def _unknown_outcome(job: JobRecord, entry: LedgerEntry) -> str:
-    when = datetime.fromtimestamp(entry.submitting_at or entry.updated_at, UTC).isoformat(timespec="seconds")
-    return (
-        f"row {job.row} ({job.job_id}): run {entry.run_id} was submitting this job at {when} and never learnt "
-        "whether fal accepted it; it was not resent (that could pay twice). Check fal's request history, then "
-        "re-run with force=true to submit it again"
-    )
+class _Driver:
+    """Performs one job's actions until its life at fal is over in this run (or must wait for the next)."""
 
+    def __init__(
+        self, job: JobRecord, ctx: RunContext, entry: LedgerEntry | None, *, reserved: float | None = None
+    ) -> None:
+        self.job, self.ctx, self.entry = job, ctx, entry
+        self.reserved = reserved if reserved is not None else job.estimated_cost_usd or 0.0
+        if reserved is None:
+            ctx.budget.reserve(self.reserved, force=True)  # already at fal: counts against the cap
+        self.interval = ctx.poll.interval_s
+        self.polls_started = False
+        self.logs_seen = 0
+        self.last_position: int | None = None
+        self.cancel_deadline: float | None = None
+        self.settle_attempt = 0
+        self.failure: Failure | None = None
+        self.note = ""
 
-async def _guarded(job: JobRecord, stage: str, step: Awaitable[JobRecord]) -> JobRecord:
-    """Turn an unexpected exception in a stage into this job's error."""
-    try:
-        return await step
-    except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the batch
-        return job.fail(stage, f"row {job.row} ({job.job_id}): {stage} failed: {exc.__class__.__name__}: {exc}")
+    # --- the loop ----------------------------------------------------------------------------------
+    async def run(self, state: JobState, action: Action) -> JobRecord:
+        async with AsyncExitStack() as slot:
+            holding = False
+            while action not in (Action.stop, Action.resume_later):
+                if action in AT_FAL and not holding:
+                    await slot.enter_async_context(self.ctx.slots.hold())
+                    holding = True
+                elif action not in AT_FAL and holding:
+                    await slot.aclose()
+                    holding = False
+                try:
+                    event = await self._perform(action)
+                except asyncio.CancelledError:
+                    await asyncio.shield(self._interrupted(state))
+                    raise
+                state, action = self._move(state, event)
+        return self._finish(state)
+
+    def _move(self, state: JobState, event: Event) -> tuple[JobState, Action]:
+        decision = decide(state, event)
+        if decision.state is not state or event in (Event.accepted, Event.found, Event.downloaded):
+            self._persist(decision.state)
+        return decision.state, decision.action
+
+    async def _interrupted(self, state: JobState) -> None:
+        """The run is stopping: cancel a request fal has (once), and leave the rest resumable."""
+        decision = decide(state, Event.interrupted)
+        if decision.state is not state:
+            self._persist(decision.state)
+        if decision.action is Action.cancel:
+            try:
+                reply = await asyncio.wait_for(self.ctx.fal.cancel(self.job.request_id or ""), 10)
+            except (FalError, TimeoutError):
+                return
+            self.ctx.log.info(
+                "%s: cancel of request %s on interruption: %s", self.job.job_id, self.job.request_id, reply.value
+            )
+
+    async def _perform(self, action: Action) -> Event:
+        steps = {
+            Action.submit: self._submit,
+            Action.poll: self._poll,
+            Action.fetch_result: self._fetch_result,
+            Action.cancel: self._cancel,
+            Action.settle: self._settle,
+            Action.download: self._download,
+        }
+        return await steps[action]()
+
+    # --- persistence --------------------------------------------------------------------------------
+    def _persist(self, state: JobState, **extra: Any) -> None:
+        job = self.job
+        fields: dict[str, Any] = {"state": state, "request_id": job.request_id, **extra}
+        owed = {"report_pending": True, "bill_owner": self.ctx.ledger.owner(self.ctx.run_id, REPORT_GRACE_S)}
+        if state is JobState.completed:
+            fields |= job.model_dump(include=BILL_FIELDS) | (owed if not job.reused else {})
+        if state is JobState.succeeded:
+            fields |= job.model_dump(include=OUTPUT_FIELDS)
+        if state in (JobState.failed_at_fal, JobState.cancelled, JobState.failed_before_submit):
+            fields |= {"error": job.error or self.note, "fal_status": self.failure.status if self.failure else None}
+            if job.cost_usd and not job.reused:
+                fields |= job.model_dump(include=BILL_FIELDS) | owed
+        if state is JobState.cancel_requested and not (self.entry and self.entry.cancel_requested_at):
+            fields["cancel_requested_at"] = time.time()
+        if self.entry is None:
+            self.entry = _new_entry(job, self.ctx, state)
+        self.entry = self.ctx.ledger.write(self.entry, **fields)
+
+    # --- actions ------------------------------------------------------------------------------------
+    async def _submit(self) -> Event:
+        arguments = edit_arguments(self.job)
+        self.job = self.job.with_(request_id=None, submitted_at=None)
+        self._persist(
+            JobState.submitting,
+            submitting_at=time.time(),
+            payload_sha256=payload_sha256(arguments),
+            cancel_requested_at=None,
+            error=None,
+            fal_status=None,
+        )
+        outcome = await self.ctx.fal.submit_once(arguments, headers=submit_headers(self.ctx.params.job_timeout_s))
+        if isinstance(outcome, Accepted):
+            now = datetime.now(UTC)
+            self.job = self.job.with_(request_id=outcome.request_id, submitted_at=now)
+            self.entry = self.ctx.ledger.write(self.entry, submitted_at=now.timestamp())
+            self.ctx.log.info("%s: submitted as request %s", self.job.job_id, outcome.request_id)
+            return Event.accepted
+        self.note = outcome.reason
+        if isinstance(outcome, Rejected):
+            self.job = self.job.fail(Stage.submit, f"submission rejected: {outcome.reason}")
+            return Event.rejected
+        self.ctx.log.warning(
+            "%s: the submit's answer was lost (%s); looking for it in fal's request history",
+            self.job.where,
+            outcome.reason,
+        )
+        return Event.lost
+
+    async def _poll(self) -> Event:
+        if self.polls_started:
+            wait = self.interval
+            if (deadline := self._deadline()) is not None:
+                wait = min(wait, max(0.0, deadline - time.time()))
+            await asyncio.sleep(wait)
+            self.interval = next_interval(self.interval, self.ctx.poll)
+        self.polls_started = True
+        if (deadline := self._deadline()) is not None and time.time() >= deadline:
+            return Event.timed_out
+        try:
+            status = await self.ctx.fal.status(self.job.request_id or "", logs=True)
+        except FalRejected as exc:
+            return self._not_found(exc)
+        except FalTransient as exc:
+            return self._unreachable(exc)
+        self.job = self.job.with_(status_polls=self.job.status_polls + 1)
+        if isinstance(status, Queued):
+            if status.position != self.last_position:
+                self.last_position = status.position
+                self.ctx.log.info("%s: in queue at position %s", self.job.job_id, status.position)
+            return Event.queued
+        self._forward_logs(status.logs)
+        if self.job.started_at is None:
+            self.job = self.job.with_(started_at=datetime.now(UTC))
+        if isinstance(status, Running):
+            return Event.running
+        assert isinstance(status, Done)
+        completed = datetime.now(UTC)
+        started = completed - timedelta(seconds=status.inference_s) if status.inference_s else self.job.started_at
+        self.job = self.job.with_(completed_at=completed, started_at=started)
+        return Event.done
+
+    def _deadline(self) -> float | None:
+        """Epoch seconds when waiting must stop: the job timeout, or the cancel's grace period."""
+        if self.cancel_deadline is not None:
+            return self.cancel_deadline
+        if self.entry is not None and self.entry.state is JobState.cancel_requested:
+            self.cancel_deadline = time.time() + CANCEL_GRACE_S
+            return self.cancel_deadline
+        submitted = self.job.submitted_at or datetime.now(UTC)
+        return submitted.timestamp() + self.ctx.poll.timeout_s
+
+    def _forward_logs(self, logs: tuple[dict[str, Any], ...]) -> None:
+        for line in logs[self.logs_seen :]:
+            self.ctx.log.debug("%s: [fal] %s", self.job.job_id, line.get("message", line))
+        self.logs_seen = max(self.logs_seen, len(logs))
+
+    async def _fetch_result(self) -> Event:
+        try:
+            result = await self.ctx.fal.result(self.job.request_id or "")
+        except FalRejected as exc:
+            return self._not_found(exc)
+        except FalTransient as exc:
+            return self._unreachable(exc)
+        if isinstance(result, Output):
+            self.job = self.job.with_(output_url=result.video_url, **self._bill(result.billable_units))
+            return Event.output
+        self.failure = result
+        self.job = self.job.with_(**self._bill(result.billable_units, failed=True))
+        if result.cancelled:
+            self.job = self.job.fail(Stage.collect, self._cancel_reason(), status=JobStatus.cancelled)
+            return Event.cancelled
+        billed = f" (fal billed ${self.job.cost_usd:.2f} for it)" if self.job.cost_usd else ""
+        self.job = self.job.fail(Stage.collect, f"HTTP {result.status}: {result.reason}{billed}")
+        return Event.failed
+
+    def _bill(self, units: float | None, *, failed: bool = False) -> dict[str, Any]:
+        """The bill fields of a finished request; reused rows (adopted work) keep costing nothing."""
+        return {} if self.job.reused else bill_fields(units, self.job.estimated_seconds, failed=failed)
+
+    def _cancel_reason(self) -> str:
+        if self.entry is not None and self.entry.cancel_requested_at and self.note.startswith("timed out"):
+            return f"{self.note}; request {self.job.request_id} cancelled at fal (not billed)"
+        return f"request {self.job.request_id} cancelled at fal (not billed)"
+
+    async def _cancel(self) -> Event:
+        timeout = self.ctx.poll.timeout_s
+        self.note = f"timed out after {timeout:.0f} s"
+        self.ctx.log.warning(
+            "%s: no result after %.0f s; cancelling request %s", self.job.job_id, timeout, self.job.request_id
+        )
+        try:
+            reply = await self.ctx.fal.cancel(self.job.request_id or "")
+        except FalTransient as exc:
+            self.note = f"timed out after {timeout:.0f} s; the cancel failed ({exc})"
+            return Event.transient
+        self.polls_started = False
+        return {
+            CancelReply.requested: Event.cancel_accepted,
+            CancelReply.already_completed: Event.cancel_too_late,
+            CancelReply.not_found: Event.not_found,
+        }[reply]
+
+    async def _settle(self) -> Event:
+        """Look for a lost submit in fal's history, re-checking over the settle window."""
+        entry = self.entry
+        assert entry is not None
+        if self.settle_attempt:
+            delay = SETTLE_BACKOFF_S[min(self.settle_attempt - 1, len(SETTLE_BACKOFF_S) - 1)]
+            await asyncio.sleep(min(delay, max(0.5, self._settle_deadline() - time.time())))
+        self.settle_attempt += 1
+        if self.job.request_id:
+            return await self._settle_by_id(self.job.request_id)
+        sent = entry.submitting_at or entry.updated_at
+        try:
+            sighting = await find_by_payload(self.ctx.fal, entry.payload_sha256 or "", sent)
+        except FalError as exc:
+            self.note = f"fal's request history could not be read ({exc})"
+            return Event.transient
+        item = sighting.item
+        if item is not None:
+            self.ctx.log.info("%s: found request %s in fal's history; adopting it", self.job.job_id, item.request_id)
+            self.job = self.job.with_(request_id=item.request_id, submitted_at=item.sent_at or self.job.submitted_at)
+            return Event.found
+        if time.time() < self._settle_deadline():
+            return Event.not_yet
+        if sighting.complete:
+            self.ctx.log.warning(
+                "%s: no request with this input in fal's history %.0f s after it was sent; submitting it again",
+                self.job.job_id,
+                time.time() - sent,
+            )
+            return Event.absent
+        self.note = (
+            "fal's history lists requests without stored payloads in that window, so it cannot prove "
+            "the submit was lost"
+        )
+        return Event.timed_out
+
+    async def _settle_by_id(self, request_id: str) -> Event:
+        """A request fal accepted whose id it no longer serves (its result expired): what did it end with?"""
+        try:
+            items = await self.ctx.fal.history(start=datetime.now(UTC) - HISTORY_BY_ID_WINDOW, request_id=request_id)
+        except FalError as exc:
+            self.note = f"fal's request history could not be read ({exc})"
+            return Event.transient
+        item = next((i for i in items if i.request_id == request_id), None)
+        if item is not None and item.output_url:
+            self.job = self.job.with_(output_url=item.output_url, **self._bill(None))
+            return Event.output
+        if item is not None and item.status_code is not None and item.status_code >= 400:
+            self.failure = Failure(item.status_code, "ended with an error (from fal's request history)")
+            self.job = self.job.fail(Stage.collect, f"request {request_id} ended with HTTP {item.status_code}")
+            return Event.failed
+        self.note = f"fal accepted request {request_id} but neither serves nor lists how it ended"
+        return Event.timed_out  # accepted once: never resent automatically
+
+    def _settle_deadline(self) -> float:
+        entry = self.entry
+        sent = (entry.submitting_at or entry.updated_at) if entry else time.time()
+        return sent + self.ctx.params.settle_window_s
+
+    async def _download(self) -> Event:
+        done = await download_and_verify(self.job, self.ctx.fal, self.ctx.params.output_dir)
+        if done.status is JobStatus.succeeded:
+            self.job = done
+            self.ctx.log.info(
+                "%s: %s (%.2f s, $%.2f)", done.job_id, done.output_path, done.output_duration_s or 0, done.cost_usd or 0
+            )
+            return Event.downloaded
+        self.job = done.with_(
+            error=f"{done.error} — this result is paid for (request {done.request_id}); "
+            "the next run downloads it without paying again"
+        )
+        return Event.download_failed
+
+    # --- outcomes that say where fal stands ----------------------------------------------------------
+    def _not_found(self, exc: FalRejected) -> Event:
+        self.note = f"fal no longer knows request {self.job.request_id} ({exc})"
+        return Event.not_found
+
+    def _unreachable(self, exc: FalTransient) -> Event:
+        self.note = f"fal could not be asked about request {self.job.request_id} ({exc})"
+        return Event.transient
+
+    # --- the row ------------------------------------------------------------------------------------
+    def _finish(self, state: JobState) -> JobRecord:
+        job = self.job
+        self.ctx.budget.settle(self.reserved, job.cost_usd or 0.0)
+        if state is JobState.succeeded:
+            return job
+        if state is JobState.completed:
+            return job if not job.ok else job.fail(Stage.download, self.note)
+        if state in (JobState.failed_at_fal, JobState.cancelled, JobState.failed_before_submit):
+            return job if not job.ok else job.fail(Stage.collect, self.note)
+        if state is JobState.submitted:
+            return job.fail(
+                Stage.collect_unreachable,
+                f"{self.note}; the request stays recorded and the next run collects it without paying again",
+            )
+        if state is JobState.cancel_requested:
+            return job.fail(
+                Stage.collect,
+                f"{self.note}; cancel requested at fal but not confirmed — it may still "
+                "complete and be billed; the next run resumes it",
+                status=JobStatus.cancelled,
+            )
+        return job.fail(Stage.submit_unknown, self._unknown_reason())
+
+    def _unknown_reason(self) -> str:
+        entry = self.entry
+        sent = (entry.submitting_at or entry.updated_at) if entry else time.time()
+        when = datetime.fromtimestamp(sent, UTC).isoformat(timespec="seconds")
+        why = self.note or "no match in fal's request history yet"
+        return (
+            f"run {entry.run_id if entry else self.ctx.run_id} was submitting this job at {when} and never learnt "
+            f"whether fal accepted it ({why}); it was not resent, since that could pay twice. The next run checks "
+            f"fal's request history again (settle window {self.ctx.params.settle_window_s:.0f} s); check the fal "
+            "dashboard, or re-run with force=true to submit it again"
+        )

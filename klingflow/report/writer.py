@@ -23,15 +23,12 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from klingflow.errors import ReportSchemaError
 from klingflow.models import JobRecord
 from klingflow.report.schema import REPORT_SCHEMA, SCHEMA_VERSION
 
 HTML_SUBDIR = "_html"  # under report_dir; '_' keeps it out of pyarrow/pandas dataset discovery
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class ReportSchemaError(ValueError):
-    """A table cannot be written with REPORT_SCHEMA (missing/extra column, lossy cast, null in a required column)."""
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -1,9 +1,11 @@
 """klingflow.simulator: a local fal.ai simulator for `fal-ai/kling-video/o3/pro/video-to-video/edit`.
 
 A loopback HTTP server (starlette + uvicorn) speaking fal's queue and storage protocol, so the
-real, unmodified fal_client (pointed at it with klingflow.fal.urls.point_fal_client_at) can
-upload, submit, poll, cancel and fetch results; jobs produce real, visibly edited mp4s and
-successful ones are billed in a ledger. Faults are injected from a seeded RNG.
+real, unmodified fal_client (pointed at it with klingflow.fal.urls.fal_client_pointed_at) can
+upload, submit, poll, cancel and fetch results, and serves the platform API's request history; jobs
+produce real, visibly edited mp4s and successful ones are billed in a ledger. Faults are injected
+from a seeded RNG. Of the rest of klingflow it imports only klingflow.endpoint, klingflow.errors and
+klingflow.media.probe.
 
 State dir layout (everything survives a restart on the same state_dir):
 
@@ -18,11 +20,25 @@ State dir layout (everything survives a restart on the same state_dir):
 
 Counters are in memory and start from zero on every start.
 
-Behaviour notes (decisions where fal is silent):
-  * Cancel: a queued request is removed and never processed; a running one is stopped. Both end
-    COMPLETED with error_type "client_cancelled" (result 400) and are NOT billed (no ledger line).
-  * Validation errors (422), injected job failures (500, "runner_server_error") and start
-    timeouts (504 + X-Fal-Request-Timeout-Type: user) are not billed either.
+Behaviour notes (fal's documented worst case, each configurable; decisions where fal is silent):
+  * Cancel (202 CANCELLATION_REQUESTED): a queued request is removed and never processed; a running
+    one is stopped, except at FaultConfig.cancel_running_completes_rate, where the cancel is ignored
+    and it runs to completion and is billed ("may still complete if it was already mid-processing";
+    an ignored cancel of a hanging job leaves it hanging). A stopped or removed request ends
+    COMPLETED with error_type "client_cancelled", result HTTP 499, and is NOT billed. A cancel of a
+    completed request is 400 ALREADY_COMPLETED.
+  * Validation errors (422) are billed at FaultConfig.invalid_billed_rate (default 0): the ledger
+    line charges the probed input's billable seconds (3 if the video was never probed) and the
+    result carries x-fal-billable-units; an unbilled 422 has no such header. Injected job failures
+    (500, "runner_server_error") and start timeouts are never billed.
+  * Start timeouts: X-Fal-Request-Timeout or X-Fal-Request-Start-Timeout (the shorter wins) drops a
+    request not started in time: 504 + X-Fal-Request-Timeout-Type: user, unbilled.
+  * Request history (GET /v1/models/requests/by-endpoint) lists a request only once it has
+    started, and only SimulatorConfig.history_lag_s after that; sorted by ended_at descending with
+    running requests first. X-Fal-Store-IO: 0 on the submit nulls its json_input/json_output there.
+  * Platform routes (/v1/...) answer errors as {"error": {"type", "message"}} (400 bad query, 401
+    no key, 404 unknown route) and take HTTP faults from FaultConfig.platform. Any other unknown
+    path or method is 404.
   * File URLs (GET/HEAD /files/...) are public like fal's CDN; the "fal" fallback's signed PUT URL
     is authorised by its signature. Every other non-admin route needs `Authorization: Key ...`
     (CDN upload routes: the Bearer token from /storage/auth/token).

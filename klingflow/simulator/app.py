@@ -1,4 +1,5 @@
-"""The ASGI app: admin, storage, platform and queue routes (submit's catch-all last) and the queue's lifespan."""
+"""The ASGI app: admin, storage, platform and queue routes (submit's catch-all, then the 404 for unknown
+routes, last) and the queue's lifespan."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from starlette.applications import Starlette
 
 from klingflow.simulator.routes_admin import admin_routes
 from klingflow.simulator.routes_platform import platform_routes
-from klingflow.simulator.routes_queue import queue_routes
+from klingflow.simulator.routes_queue import queue_routes, unknown_route
 from klingflow.simulator.routes_storage import storage_routes
 from klingflow.simulator.state import SimState
 
@@ -26,5 +27,11 @@ def build_app(state: SimState) -> Starlette:
             await state.queue.stop()
             state.executor.shutdown(wait=False, cancel_futures=True)
 
-    routes = [*admin_routes(state), *storage_routes(state), *platform_routes(state), *queue_routes(state)]
+    routes = [
+        *admin_routes(state),
+        *storage_routes(state),
+        *platform_routes(state),
+        *queue_routes(state),
+        unknown_route(state),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)

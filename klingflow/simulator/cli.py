@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention", type=float, default=3600.0, help="seconds results stay fetchable")
     parser.add_argument("--fast-copy", action="store_true", help="remux instead of editing (load tests)")
     parser.add_argument("--log-interval", type=float, default=0.5, help="seconds between job log lines")
+    parser.add_argument(
+        "--history-lag", type=float, default=0.0, help="seconds after its start before a request is in the history"
+    )
     parser.add_argument("--seed", type=int, default=0, help="fault-injection RNG seed")
     faults = parser.add_argument_group(f"fault injection (ROUTE is one of {', '.join(ROUTE_KINDS)} or all)")
     faults.add_argument("--fault-config", type=Path, help="FaultConfig JSON file (flags below override it)")
@@ -67,8 +70,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     faults.add_argument("--fault-job-hang-rate", type=float, help="share of jobs that never finish")
     faults.add_argument("--fault-fail-prompt", action="append", default=[], help="fail jobs whose prompt contains this")
     faults.add_argument("--fault-hang-prompt", action="append", default=[], help="hang jobs whose prompt contains this")
+    faults.add_argument(
+        "--fault-reject-prompt", action="append", default=[], help="422 (content policy) for prompts containing this"
+    )
     faults.add_argument("--fault-slow-download-rate", type=float, help="share of file downloads throttled")
     faults.add_argument("--fault-slow-download-bps", type=int, help="throttled download speed, bytes/s")
+    faults.add_argument(
+        "--fault-cancel-running-completes-rate",
+        type=float,
+        help="share of cancels of running requests that are ignored (the request completes and is billed)",
+    )
+    faults.add_argument("--fault-invalid-billed-rate", type=float, help="share of 422 (invalid input) results billed")
 
 
 def faults_from_args(args: argparse.Namespace) -> FaultConfig:
@@ -89,10 +101,13 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
         "job_hang_rate": args.fault_job_hang_rate,
         "slow_download_rate": args.fault_slow_download_rate,
         "slow_download_bytes_per_s": args.fault_slow_download_bps,
+        "cancel_running_completes_rate": args.fault_cancel_running_completes_rate,
+        "invalid_billed_rate": args.fault_invalid_billed_rate,
     }
     data.update({k: v for k, v in scalars.items() if v is not None})
     data["fail_prompts_containing"] = [*data.get("fail_prompts_containing", []), *args.fault_fail_prompt]
     data["hang_prompts_containing"] = [*data.get("hang_prompts_containing", []), *args.fault_hang_prompt]
+    data["reject_prompts_containing"] = [*data.get("reject_prompts_containing", []), *args.fault_reject_prompt]
     return FaultConfig.model_validate(data)
 
 
@@ -107,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         result_retention_s=args.retention,
         fast_copy=args.fast_copy,
         log_interval_s=args.log_interval,
+        history_lag_s=args.history_lag,
         faults=faults_from_args(args),
         seed=args.seed,
     )

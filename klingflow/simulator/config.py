@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-RouteKind = Literal["submit", "status", "result", "cancel", "upload", "token", "download"]
+RouteKind = Literal["submit", "status", "result", "cancel", "upload", "token", "download", "platform"]
 ROUTE_KINDS: tuple[str, ...] = get_args(RouteKind)
 HttpFault = Literal["http_429", "ingress_5xx", "http_500", "drop", "drop_after"]
 HTTP_FAULTS: tuple[str, ...] = get_args(HttpFault)
@@ -56,13 +56,26 @@ class FaultConfig(BaseModel):
     upload: RouteFaults = Field(default_factory=RouteFaults)
     token: RouteFaults = Field(default_factory=RouteFaults)
     download: RouteFaults = Field(default_factory=RouteFaults)
+    platform: RouteFaults = Field(default_factory=RouteFaults)
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header value sent with 429s")
     job_failure_rate: float = Rate
     job_hang_rate: float = Rate
     fail_prompts_containing: list[str] = Field(default_factory=list)
     hang_prompts_containing: list[str] = Field(default_factory=list)
+    reject_prompts_containing: list[str] = Field(
+        default_factory=list, description="422 content_policy_violation for prompts containing any of these"
+    )
     slow_download_rate: float = Rate
     slow_download_bytes_per_s: int = Field(default=256 * 1024, gt=0)
+    cancel_running_completes_rate: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="share of cancels of a running request that are answered 202 but ignored: it completes, billed",
+    )
+    invalid_billed_rate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of 422 (invalid input) results that are billed anyway"
+    )
 
     def route(self, kind: str) -> RouteFaults:
         """The HTTP faults configured for one route kind."""
@@ -82,5 +95,8 @@ class SimulatorConfig(BaseModel):
     result_retention_s: float = Field(default=3600.0, gt=0.0)
     fast_copy: bool = False
     log_interval_s: float = Field(default=0.5, gt=0.0)
+    history_lag_s: float = Field(
+        default=0.0, ge=0.0, description="seconds after its start before a request shows in the request history"
+    )
     faults: FaultConfig = Field(default_factory=FaultConfig)
     seed: int = 0

@@ -56,6 +56,8 @@ class FaultInjector:
             cfg = self._config
             if any(s and s in prompt for s in cfg.fail_prompts_containing):
                 return "fail"
+            if any(s and s in prompt for s in cfg.reject_prompts_containing):
+                return "reject"
             if any(s and s in prompt for s in cfg.hang_prompts_containing):
                 return "hang"
             draw = self._rng.random()
@@ -64,6 +66,21 @@ class FaultInjector:
             if draw < cfg.job_failure_rate + cfg.job_hang_rate:
                 return "hang"
             return None
+
+    def cancel_ignored(self) -> bool:
+        """Whether a cancel of a running request is acknowledged but the request runs on (and is billed)."""
+        return self._chance(self._config.cancel_running_completes_rate)
+
+    def invalid_billed(self) -> bool:
+        """Whether a 422 (invalid input) is billed, as fal may when a runner spent GPU time on it."""
+        return self._chance(self._config.invalid_billed_rate)
+
+    def _chance(self, rate: float) -> bool:
+        """One seeded draw (none at all at rate 0, so default runs keep their fault sequences)."""
+        if not rate:
+            return False
+        with self._lock:
+            return self._rng.random() < rate
 
     def download_throttle(self) -> int | None:
         """Bytes per second for one file download, or None for full speed."""

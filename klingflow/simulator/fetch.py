@@ -1,17 +1,22 @@
 """Getting input files the way the provider would: our own CDN URLs straight from disk (any loopback
-port, so URLs cached before a restart still work), data: URIs decoded, anything else over HTTP."""
+port, so URLs cached before a restart still work), data: URIs decoded, anything else over HTTP.
+
+The HTTP download is the simulator's own (it imports nothing of klingflow's pipeline layers): a
+streamed GET into tmp/ under a byte ceiling, the partial file removed on any failure."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import os
 from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
 
-from klingflow.media.download import DownloadError, stream_to_file
 from klingflow.simulator.storage import Storage
+
+CHUNK = 1024 * 1024
 
 
 class FetchError(Exception):
@@ -69,9 +74,28 @@ def _from_data_uri(url: str, storage: Storage, max_bytes: int) -> Fetched:
 async def _download(url: str, storage: Storage, client: httpx.AsyncClient, max_bytes: int) -> Fetched:
     path = storage.temp_path()
     try:
-        await stream_to_file(url, path, client=client, max_bytes=max_bytes)
-    except DownloadError as exc:
-        if exc.too_large:
-            raise _too_large(url, max_bytes) from exc
-        raise FetchError(f"Failed to download {url}: {exc}") from exc
+        await _stream_to_file(client, url, path, max_bytes)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
     return Fetched(path, temporary=True)
+
+
+async def _stream_to_file(client: httpx.AsyncClient, url: str, path: Path, max_bytes: int) -> int:
+    """Write the body of `url` to `path` (fsynced) and return its size; raises FetchError."""
+    size = 0
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise FetchError(f"Failed to download {url}: HTTP {response.status_code}")
+            with path.open("wb") as fh:
+                async for chunk in response.aiter_bytes(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise _too_large(url, max_bytes)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except httpx.HTTPError as exc:
+        raise FetchError(f"Failed to download {url}: {exc.__class__.__name__}: {exc}") from exc
+    return size

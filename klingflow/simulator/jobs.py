@@ -62,11 +62,22 @@ async def run_job(rec: RequestRecord, ctx: JobContext, log: LogFn, cancel: threa
         probe = await _probe(ctx, fetched.path)
         if isinstance(probe, JobResult):
             return probe
-        if errors := video_errors(probe) or await _image_errors(edit, ctx):
-            return invalid(errors)
+        if errors := video_errors(probe) or await _image_errors(edit, ctx) or _policy_errors(rec):
+            return invalid(errors, input_duration_s=probe.duration_s)
         return await _generate(rec, edit, probe, ctx, log, cancel)
     finally:
         fetched.discard()
+
+
+def _policy_errors(rec: RequestRecord) -> list[FieldError]:
+    """The model's own refusal (FaultConfig.reject_prompts_containing): a 422 after the input was read."""
+    if rec.fault != "reject":
+        return []
+    return [
+        FieldError(
+            loc=["body", "prompt"], msg="The prompt was flagged by the content checker", type="content_policy_violation"
+        )
+    ]
 
 
 async def _fetch_video(edit: EditInput, ctx: JobContext):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 QueueStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
-JobFault = Literal["fail", "hang"]
+JobFault = Literal["fail", "hang", "reject"]
 
 
 def utcnow() -> datetime:
@@ -19,13 +19,13 @@ def utcnow() -> datetime:
 
 
 class Outcome(StrEnum):
-    """How a COMPLETED request ended; only `ok` is billed."""
+    """How a COMPLETED request ended; `ok` is billed, `invalid` sometimes (see FaultConfig)."""
 
     OK = "ok"
-    INVALID = "invalid"  # 422: the provider rejected the input
+    INVALID = "invalid"  # 422: the provider rejected the input (billed only at FaultConfig.invalid_billed_rate)
     FAILED = "failed"  # 500: injected job failure
     CANCELLED = "cancelled"
-    TIMEOUT = "timeout"  # not started within X-Fal-Request-Timeout
+    TIMEOUT = "timeout"  # not started within X-Fal-Request-(Start-)Timeout
 
 
 class LogLine(BaseModel):
@@ -59,6 +59,7 @@ class RequestRecord(BaseModel):
     started_at: datetime | None = None
     completed_at: datetime | None = None
     start_timeout_s: float | None = None
+    store_io: bool = True  # False when submitted with X-Fal-Store-IO: 0 (no payloads in the history)
     fault: JobFault | None = None
     logs: list[LogLine] = Field(default_factory=list)
     error: str | None = None

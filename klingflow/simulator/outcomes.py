@@ -1,6 +1,8 @@
 """How each way a request can end looks to the client: status `error`/`error_type`, result HTTP status
-and body. Only OK is billed. Shapes follow fal's docs: model errors are 422 with a `detail` list,
-request errors a flat `{"detail": str, "error_type": str}` plus an X-Fal-Error-Type header."""
+and body. OK is billed; INVALID only at FaultConfig.invalid_billed_rate (fal: a 422 "may still be
+charged if a runner spent GPU time"); never 5xx, cancellations or start timeouts. Shapes follow
+fal's docs: model errors are 422 with a `detail` list, request errors a flat
+`{"detail": str, "error_type": str}` plus an X-Fal-Error-Type header (a cancellation is 499)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ class JobResult(BaseModel):
     error_type: str | None = None
     error_status: int | None = None
     error_body: Any = None
+    input_duration_s: float | None = None  # of the probed input video (what a billed 422 charges)
 
 
 def ok(output: OutputFile) -> JobResult:
@@ -28,8 +31,8 @@ def ok(output: OutputFile) -> JobResult:
     return JobResult(outcome=Outcome.OK, output=output)
 
 
-def invalid(errors: list[FieldError]) -> JobResult:
-    """The provider rejected the input (422, not billed)."""
+def invalid(errors: list[FieldError], input_duration_s: float | None = None) -> JobResult:
+    """The provider rejected the input (422; `input_duration_s` once the video was probed)."""
     detail = [e.model_dump() for e in errors]
     return JobResult(
         outcome=Outcome.INVALID,
@@ -37,6 +40,7 @@ def invalid(errors: list[FieldError]) -> JobResult:
         error_type=errors[0].type,
         error_status=422,
         error_body={"detail": detail},
+        input_duration_s=input_duration_s,
     )
 
 
@@ -57,10 +61,10 @@ def failed(message: str = "Internal error while generating the video") -> JobRes
 
 
 def cancelled() -> JobResult:
-    """Cancelled by the caller, queued or running (not billed)."""
-    return request_error(Outcome.CANCELLED, 400, "client_cancelled", "Request was cancelled")
+    """Cancelled by the caller, queued or running (not billed): fal's 499 client_cancelled."""
+    return request_error(Outcome.CANCELLED, 499, "client_cancelled", "Request was cancelled")
 
 
 def start_timeout() -> JobResult:
-    """Not started within X-Fal-Request-Timeout (504 + X-Fal-Request-Timeout-Type: user)."""
+    """Not started within X-Fal-Request-(Start-)Timeout (504 + X-Fal-Request-Timeout-Type: user)."""
     return request_error(Outcome.TIMEOUT, 504, "request_timeout", "Request timed out before processing started")

@@ -58,13 +58,16 @@ def output_body(rec: RequestRecord, base: str) -> dict[str, Any] | None:
 
 
 def result_response(rec: RequestRecord, base: str) -> Response:
-    """The result: output JSON + x-fal-billable-units, or the request's error response."""
+    """The result: output JSON + x-fal-billable-units, or the request's error response (which carries
+    x-fal-billable-units only when it was billed: a billed 422; unbilled errors have no such header)."""
     headers = {"x-fal-request-id": rec.request_id}
     if rec.status != "COMPLETED":
         return JSONResponse({"detail": "Request is still in progress"}, 400, headers=headers)
     if (output := output_body(rec, base)) is not None:
         headers["x-fal-billable-units"] = str(rec.billed_seconds or 0)
         return JSONResponse(output, 200, headers=headers)
+    if rec.billed_seconds:
+        headers["x-fal-billable-units"] = str(rec.billed_seconds)
     if rec.error_type:
         headers["x-fal-error-type"] = rec.error_type
     if rec.outcome is Outcome.TIMEOUT:

@@ -1,6 +1,10 @@
 """fal's queue semantics: per-key FIFO, at most `concurrency_per_key` IN_PROGRESS per key, the rest
 IN_QUEUE with a position (never rejected), cancel, start timeouts, result expiry, billing.
 
+Money follows fal's documented worst case: a cancel of a running request is only a request (at
+FaultConfig.cancel_running_completes_rate it is ignored and the job completes, billed), and a 422
+may be billed (FaultConfig.invalid_billed_rate).
+
 All state lives on the server's event loop; only the CPU work of a job runs in worker threads.
 A record is persisted on every state change, so a restart on the same state_dir re-queues what was
 queued or running and keeps serving completed results until they expire.
@@ -30,6 +34,7 @@ from klingflow.simulator.storage import Storage
 from klingflow.simulator.table import RequestTable
 
 SWEEP_INTERVAL_S = 0.1
+UNPROBED_INVALID_BILLED_S = 3  # a billed 422 whose video was never probed: the endpoint's minimum length
 CancelReply = Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
 
 
@@ -95,7 +100,9 @@ class QueueManager:
         self.table.save(rec)
 
     # --- API --------------------------------------------------------------------------------------
-    def submit(self, key_id: str, payload: Any, start_timeout_s: float | None) -> RequestRecord:
+    def submit(
+        self, key_id: str, payload: Any, start_timeout_s: float | None, *, store_io: bool = True
+    ) -> RequestRecord:
         """Accept a request (never rejected) and start it if the key has a free slot."""
         prompt = payload.get("prompt") if isinstance(payload, dict) else None
         rec = RequestRecord(
@@ -104,6 +111,7 @@ class QueueManager:
             key_id=key_id,
             input=payload,
             start_timeout_s=start_timeout_s,
+            store_io=store_io,
             fault=self.faults.job_fault(prompt if isinstance(prompt, str) else ""),
         )
         self.records[rec.request_id] = rec
@@ -130,11 +138,16 @@ class QueueManager:
             return 0
 
     def cancel(self, rec: RequestRecord) -> CancelReply:
-        """Cancel a queued request (never processed) or a running one (stopped, not billed)."""
+        """Cancel a queued request (never processed) or a running one (stopped, not billed, unless the
+        cancel is ignored: then it runs to completion and is billed, as fal allows mid-processing)."""
         if rec.status == "COMPLETED":
             return "ALREADY_COMPLETED"
         if rec.status == "IN_QUEUE":
             self._waiting[rec.key_id].remove(rec.request_id)
+        elif self.faults.cancel_ignored():
+            self.counters.fault("job", "cancel_ignored")
+            self._log(rec, "Cancellation requested; the request was already processing and will complete")
+            return "CANCELLATION_REQUESTED"
         else:
             self._cancels[rec.request_id].set()
             self._tasks[rec.request_id].cancel()
@@ -186,8 +199,8 @@ class QueueManager:
         rec.error_status, rec.error_body = result.error_status, result.error_body
         if rec.started_at is not None:
             rec.inference_time_s = (now - rec.started_at).total_seconds()
-        if result.outcome is Outcome.OK and result.output is not None:
-            self._bill(rec, result.output.duration_s)
+        if (seconds := self._billable(result)) is not None:
+            self._bill(rec, seconds)
         self.table.save(rec)
         self.counters.finished(rec.key_id, was_running=was_running)
         self._tasks.pop(rec.request_id, None)
@@ -196,8 +209,18 @@ class QueueManager:
             self._running[rec.key_id] -= 1
             self._dispatch(rec.key_id)
 
-    def _bill(self, rec: RequestRecord, duration_s: float) -> None:
-        seconds = billable_seconds(duration_s)
+    def _billable(self, result: JobResult) -> int | None:
+        """Seconds to bill for how a request ended, or None: outputs always, 422s at invalid_billed_rate."""
+        if result.outcome is Outcome.OK and result.output is not None:
+            return billable_seconds(result.output.duration_s)
+        if result.outcome is Outcome.INVALID and self.faults.invalid_billed():
+            self.counters.fault("job", "invalid_billed")
+            if result.input_duration_s is None:
+                return UNPROBED_INVALID_BILLED_S
+            return billable_seconds(result.input_duration_s)
+        return None
+
+    def _bill(self, rec: RequestRecord, seconds: int) -> None:
         rec.billed_seconds = seconds
         assert rec.completed_at is not None
         entry = LedgerEntry(

@@ -1,11 +1,15 @@
-"""HTTP-level fault responses: the shapes fal_client's retry logic reacts to, and a dropped connection."""
+"""HTTP-level error and fault responses: the shapes fal_client's retry logic reacts to, a dropped
+connection, and the platform API's (`/v1/...`) `{"error": {"type", "message"}}` shape."""
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import Receive, Scope, Send
+
+ErrorStyle = Literal["queue", "platform"]  # `{"detail": ...}` or the platform API's `{"error": {...}}`
 
 _NGINX = (
     "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n"
@@ -36,9 +40,17 @@ class QuietDrops(logging.Filter):
         return not isinstance(exc, DropConnection)
 
 
-def too_many_requests(retry_after_s: int) -> Response:
+def platform_error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    """An error of fal's platform API; `kind` is one of its error types (validation_error, not_found, ...)."""
+    return JSONResponse({"error": {"type": kind, "message": message}}, status, headers=headers)
+
+
+def too_many_requests(retry_after_s: int, style: ErrorStyle = "queue") -> Response:
     """429 with Retry-After (fal_client retries 429)."""
-    return JSONResponse({"detail": "Rate limit exceeded"}, 429, headers={"Retry-After": str(retry_after_s)})
+    headers = {"Retry-After": str(retry_after_s)}
+    if style == "platform":
+        return platform_error(429, "rate_limited", "Rate limit exceeded", headers)
+    return JSONResponse({"detail": "Rate limit exceeded"}, 429, headers=headers)
 
 
 def ingress_error(code: int) -> Response:
@@ -46,16 +58,22 @@ def ingress_error(code: int) -> Response:
     return HTMLResponse(_NGINX.format(code=code, reason=_REASONS.get(code, "Error")), code)
 
 
-def internal_error() -> Response:
+def internal_error(style: ErrorStyle = "queue") -> Response:
     """Plain 500 (fal_client does not retry it)."""
+    if style == "platform":
+        return platform_error(500, "server_error", "An unexpected error occurred")
     return JSONResponse({"detail": "Internal Server Error"}, 500)
 
 
-def unauthorized() -> Response:
-    """What fal answers without credentials."""
+def unauthorized(style: ErrorStyle = "queue") -> Response:
+    """What fal answers without (valid) credentials."""
+    if style == "platform":
+        return platform_error(401, "authorization_error", "Authentication required")
     return JSONResponse({"detail": "No user found for Key ID and Secret"}, 401)
 
 
-def not_found(what: str = "Request") -> Response:
-    """Unknown or expired id."""
+def not_found(what: str = "Request", style: ErrorStyle = "queue") -> Response:
+    """Unknown or expired id, or an unknown route."""
+    if style == "platform":
+        return platform_error(404, "not_found", f"{what} not found")
     return JSONResponse({"detail": f"{what} not found"}, 404)

@@ -60,6 +60,7 @@ REQUEST_FIELDS = {
     "started_at",
     "completed_at",
     "fault",
+    "store_io",
     "error",
     "error_type",
     "billed_seconds",

@@ -1,8 +1,16 @@
-"""fal's platform API: request history (`GET /v1/models/requests/by-endpoint`).
+"""fal's platform API: request history (`GET /v1/models/requests/by-endpoint`) and a 404 for every
+other `/v1/...` route, all in the platform error shape `{"error": {"type", "message"}}`.
 
-Unlike (possibly) real fal, every accepted request of the caller's key is listed — queued, running
-and completed (`ended_at`/`status_code` null until it finishes) — so a run that lost a submit's
-answer can find and adopt the request. Items are newest first, filtered by `sent_at` in [start, end).
+As fal's schema describes it (required `started_at`, end-time sort), only requests that have STARTED
+are listed: a queued request is not, so a run that lost a submit's answer cannot find it until it
+starts. On top of that a request shows only `history_lag_s` after its start (fal's status page has
+had request data arriving hours late). Running requests are listed with `ended_at`/`status_code`
+null; a request re-queued by a restart is listed again once it restarts. Items are sorted by
+`ended_at` (default) or `duration`, descending, with the nulls (requests still running) FIRST, as
+SQL's `ORDER BY ... DESC` puts them; filtered by `sent_at` in [start, end).
+A request submitted with `X-Fal-Store-IO: 0` has null `json_input`/`json_output` even with
+`expand=payloads`. Bad queries are 400 `validation_error`, a missing/invalid key 401
+`authorization_error`; HTTP faults come from FaultConfig.platform.
 """
 
 from __future__ import annotations
@@ -17,24 +25,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from klingflow.simulator.auth import key_from_header, key_id
+from klingflow.simulator.guard import Handler, guarded
 from klingflow.simulator.models import Outcome, RequestRecord, utcnow
 from klingflow.simulator.protocol import output_body
-from klingflow.simulator.responses import unauthorized
-from klingflow.simulator.routes_queue import base_url
+from klingflow.simulator.responses import not_found, platform_error
+from klingflow.simulator.routes_queue import ANY_METHOD, base_url
 from klingflow.simulator.state import SimState
 
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 DEFAULT_WINDOW = timedelta(hours=24)
 STATUS_FILTERS = frozenset({"success", "error", "user_error"})
+SORT_KEYS = ("ended_at", "duration")
 
 
 class QueryError(Exception):
-    """A bad query parameter, answered as a fal-style 422."""
+    """A bad query parameter, answered as the platform's 400 validation_error."""
 
-    def __init__(self, field: str, msg: str, kind: str) -> None:
-        super().__init__(msg)
-        self.detail = {"loc": ["query", field], "msg": msg, "type": kind}
+    def __init__(self, field: str, msg: str) -> None:
+        super().__init__(f"Invalid query parameter '{field}': {msg}")
 
 
 def _multi(request: Request, name: str) -> list[str]:
@@ -53,7 +61,7 @@ def _instant(request: Request, name: str) -> datetime | None:
         try:
             value = datetime.combine(date.fromisoformat(raw), datetime.min.time())
         except ValueError:
-            raise QueryError(name, "Input should be a valid datetime or date", "datetime_from_date_parsing") from None
+            raise QueryError(name, "Input should be a valid datetime or date") from None
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
@@ -62,7 +70,7 @@ def _limit(request: Request) -> int:
     if raw is None:
         return DEFAULT_LIMIT
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise QueryError("limit", f"Input should be an integer between 1 and {MAX_LIMIT}", "int_parsing")
+        raise QueryError("limit", f"Input should be an integer between 1 and {MAX_LIMIT}")
     return int(raw)
 
 
@@ -80,7 +88,7 @@ def _offset(request: Request) -> int:
     except (binascii.Error, UnicodeDecodeError, ValueError):
         text = ""
     if not (text.isascii() and text.isdigit()):
-        raise QueryError("cursor", "Invalid cursor", "value_error")
+        raise QueryError("cursor", "Invalid cursor")
     return int(text)
 
 
@@ -105,10 +113,18 @@ def _output(rec: RequestRecord, base: str) -> Any:
     return rec.error_body if output is None else output
 
 
+def _ended(rec: RequestRecord) -> datetime | None:
+    return rec.completed_at if rec.status == "COMPLETED" else None
+
+
+def _duration(rec: RequestRecord) -> float | None:
+    ended = _ended(rec)
+    return (ended - (rec.started_at or rec.submitted_at)).total_seconds() if ended else None
+
+
 def history_item(rec: RequestRecord, base: str, *, payloads: bool) -> dict[str, Any]:
-    """One `items[]` entry."""
-    ended = rec.completed_at if rec.status == "COMPLETED" else None
-    duration = (ended - (rec.started_at or rec.submitted_at)).total_seconds() if ended else None
+    """One `items[]` entry (payloads null when the request opted out of payload storage)."""
+    ended = _ended(rec)
     item: dict[str, Any] = {
         "request_id": rec.request_id,
         "endpoint_id": rec.endpoint,
@@ -116,11 +132,26 @@ def history_item(rec: RequestRecord, base: str, *, payloads: bool) -> dict[str, 
         "started_at": rec.started_at.isoformat() if rec.started_at else None,
         "ended_at": ended.isoformat() if ended else None,
         "status_code": status_code(rec),
-        "duration": duration,
+        "duration": _duration(rec),
     }
     if payloads:
-        item |= {"json_input": rec.input, "json_output": _output(rec, base)}
+        stored = rec.store_io
+        item |= {"json_input": rec.input if stored else None, "json_output": _output(rec, base) if stored else None}
     return item
+
+
+def listed(rec: RequestRecord, lag_s: float) -> bool:
+    """Whether the history shows a request yet: it has started, at least `lag_s` ago."""
+    return rec.started_at is not None and utcnow() - rec.started_at >= timedelta(seconds=lag_s)
+
+
+def sort_key(rec: RequestRecord, by: str) -> tuple[bool, float, float, str]:
+    """Descending-sort key: unfinished (null) values first, then the value, then start time and id
+    (so offset cursors page over a stable order)."""
+    ended = _ended(rec)
+    value = _duration(rec) if by == "duration" else ended.timestamp() if ended else None
+    started = rec.started_at.timestamp() if rec.started_at else 0.0
+    return (value is None, value or 0.0, started, rec.request_id)
 
 
 @dataclass(frozen=True)
@@ -136,16 +167,20 @@ class HistoryQuery:
     limit: int
     offset: int
     payloads: bool
+    sort_by: str
 
     @classmethod
     def parse(cls, request: Request, owner: str) -> HistoryQuery:
         """Read and check the query parameters (raises QueryError)."""
         endpoints = frozenset(_multi(request, "endpoint_id"))
         if not endpoints:
-            raise QueryError("endpoint_id", "Field required", "missing")
+            raise QueryError("endpoint_id", "Field required")
         statuses = frozenset(_multi(request, "status"))
         if statuses - STATUS_FILTERS:
-            raise QueryError("status", f"Input should be one of {', '.join(sorted(STATUS_FILTERS))}", "enum")
+            raise QueryError("status", f"Input should be one of {', '.join(sorted(STATUS_FILTERS))}")
+        sort_by = request.query_params.get("sort_by") or SORT_KEYS[0]
+        if sort_by not in SORT_KEYS:
+            raise QueryError("sort_by", f"Input should be one of {', '.join(SORT_KEYS)}")
         return cls(
             key_id=owner,
             endpoints=endpoints,
@@ -156,6 +191,7 @@ class HistoryQuery:
             limit=_limit(request),
             offset=_offset(request),
             payloads="payloads" in _multi(request, "expand"),
+            sort_by=sort_by,
         )
 
     def matches(self, rec: RequestRecord) -> bool:
@@ -170,9 +206,10 @@ class HistoryQuery:
         )
 
 
-def history_page(records: list[RequestRecord], query: HistoryQuery, base: str) -> dict[str, Any]:
-    """The page of matching records, newest first, with the cursor of the next one."""
-    rows = sorted(filter(query.matches, records), key=lambda r: (r.submitted_at, r.request_id), reverse=True)
+def history_page(records: list[RequestRecord], query: HistoryQuery, base: str, lag_s: float) -> dict[str, Any]:
+    """The page of listed, matching records in `sort_by` order, with the cursor of the next one."""
+    rows = [rec for rec in records if listed(rec, lag_s) and query.matches(rec)]
+    rows.sort(key=lambda rec: sort_key(rec, query.sort_by), reverse=True)
     end = query.offset + query.limit
     has_more = end < len(rows)
     return {
@@ -183,21 +220,26 @@ def history_page(records: list[RequestRecord], query: HistoryQuery, base: str) -
 
 
 def platform_routes(state: SimState) -> list[Route]:
-    """Platform API routes; they must precede the queue routes (whose paths would swallow them).
+    """Platform API routes; they must precede the queue routes (whose submit path would swallow them).
 
-    Counted and keyed like the queue routes, but no HTTP faults are injected (FaultConfig has no
-    platform route kind).
+    Counted, faulted (route kind "platform") and keyed like the queue routes, in the platform error shape.
     """
 
     async def by_endpoint(request: Request) -> Response:
-        state.counters.call("history")
-        key = key_from_header(request.headers.get("authorization"))
-        if key is None:
-            return unauthorized()
         try:
-            query = HistoryQuery.parse(request, key_id(key))
+            query = HistoryQuery.parse(request, request.state.key_id)
         except QueryError as exc:
-            return JSONResponse({"detail": [exc.detail]}, 422)
-        return JSONResponse(history_page(state.queue.views(), query, base_url(request)))
+            return platform_error(400, "validation_error", str(exc))
+        page = history_page(state.queue.views(), query, base_url(request), state.config.history_lag_s)
+        return JSONResponse(page)
 
-    return [Route("/v1/models/requests/by-endpoint", by_endpoint, methods=["GET"])]
+    async def unknown(request: Request) -> Response:
+        return not_found("Route", style="platform")
+
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, guarded(state, "platform", "key", handler, style="platform"), methods=methods)
+
+    return [
+        route("/v1/models/requests/by-endpoint", by_endpoint, ["GET"]),
+        route("/v1/{path:path}", unknown, ANY_METHOD),
+    ]

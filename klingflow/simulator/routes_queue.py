@@ -1,4 +1,5 @@
-"""Queue routes: submit, status, result, cancel (fal_client's view, fal-protocol.md section 2)."""
+"""Queue routes: submit, status, result, cancel (fal_client's view, fal-protocol.md section 2), and
+the 404 for every path no route knows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from klingflow.simulator.state import SimState
 
 KNOWN_APPS = frozenset({APP_PREFIX, ENDPOINT_ID})
 TRUTHY = frozenset({"1", "true", "yes"})
+FALSY = frozenset({"0", "false", "no"})
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # Starlette's default is GET only
+# the older and the newer (newest fal_client) name of the same time-to-start deadline
+START_TIMEOUT_HEADERS = ("x-fal-request-timeout", "x-fal-request-start-timeout")
 
 
 def base_url(request: Request) -> str:
@@ -23,12 +28,23 @@ def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
-def _start_timeout(request: Request) -> float | None:
-    raw = request.headers.get("x-fal-request-timeout")
+def _seconds(raw: str | None) -> float | None:
     try:
-        return float(raw) if raw else None
+        value = float(raw) if raw else None
     except ValueError:
         return None
+    return value if value is not None and value > 0 else None
+
+
+def _start_timeout(request: Request) -> float | None:
+    """The start deadline in seconds; if both header names are sent the shorter one holds."""
+    values = [v for name in START_TIMEOUT_HEADERS if (v := _seconds(request.headers.get(name))) is not None]
+    return min(values, default=None)
+
+
+def _store_io(request: Request) -> bool:
+    """False when the caller opted out of payload storage with `X-Fal-Store-IO: 0`."""
+    return request.headers.get("x-fal-store-io", "").strip().lower() not in FALSY
 
 
 def queue_routes(state: SimState) -> list[Route]:
@@ -68,7 +84,7 @@ def queue_routes(state: SimState) -> list[Route]:
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]}, 422
             )
-        rec = queue.submit(request.state.key_id, payload, _start_timeout(request))
+        rec = queue.submit(request.state.key_id, payload, _start_timeout(request), store_io=_store_io(request))
         body = submit_body(rec, base_url(request), queue.queue_position(rec))
         return JSONResponse(body, 200, headers={"x-fal-request-id": rec.request_id})
 
@@ -79,3 +95,14 @@ def queue_routes(state: SimState) -> list[Route]:
         Route(prefix, guarded(state, "result", "key", result), methods=["GET"]),
         Route("/{app:path}", guarded(state, "submit", "key", submit), methods=["POST"]),
     ]
+
+
+def unknown_route(state: SimState) -> Route:
+    """Any method on any path no earlier route serves: 404 (instead of Starlette's 405 for a known
+    path with another method). Must be the app's very last route."""
+
+    async def unknown(request: Request) -> Response:
+        state.counters.call("unknown")
+        return not_found("Route")
+
+    return Route("/{path:path}", unknown, methods=ANY_METHOD)

@@ -32,7 +32,7 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. http://127.0.0.1:PORT (pass it to klingflow.fal.urls.point_fal_client_at)."""
+        """Base URL, e.g. http://127.0.0.1:PORT (pass it to klingflow.fal.urls.fal_client_pointed_at)."""
         if self._port is None:
             raise RuntimeError("simulator is not running")
         host = self.config.host

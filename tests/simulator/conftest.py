@@ -4,6 +4,7 @@ a session-wide corpus of tiny synthetic clips."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import fal_client
 import pytest
 
 from klingflow.endpoint import ENDPOINT_ID
-from klingflow.fal.urls import point_fal_client_at
+from klingflow.fal.urls import fal_client_pointed_at
 from klingflow.media.synth import make_clip, make_image
 from klingflow.simulator import Simulator, SimulatorConfig
 from tests.conftest import TEST_FAL_KEY
@@ -19,10 +20,26 @@ from tests.conftest import TEST_FAL_KEY
 SimFactory = Callable[..., Simulator]
 
 
+class _Pointer:
+    """fal_client pointed at the newest simulator (the previous pointing is released first)."""
+
+    def __init__(self) -> None:
+        self._held = ExitStack()
+
+    def point(self, url: str) -> None:
+        self.release()  # fal_client's URLs are process-wide: one simulator at a time
+        self._held.enter_context(fal_client_pointed_at(url))
+
+    def release(self) -> None:
+        self._held.close()
+        self._held = ExitStack()
+
+
 @pytest.fixture
 def make_sim(tmp_path: Path) -> Iterator[SimFactory]:
     """Start simulators with fast test defaults; every one is stopped at teardown."""
     started: list[Simulator] = []
+    pointer = _Pointer()
 
     def factory(**overrides: Any) -> Simulator:
         settings: dict[str, Any] = {
@@ -33,12 +50,15 @@ def make_sim(tmp_path: Path) -> Iterator[SimFactory]:
         }
         sim = Simulator(SimulatorConfig(**settings)).start()
         started.append(sim)
-        point_fal_client_at(sim.url)
+        pointer.point(sim.url)
         return sim
 
-    yield factory
-    for sim in started:
-        sim.stop()
+    try:
+        yield factory
+    finally:
+        for sim in started:
+            sim.stop()
+        pointer.release()
 
 
 @pytest.fixture

@@ -40,6 +40,23 @@ def test_fault_flags_build_fault_config(tmp_path: Path):
     assert cfg.faults.slow_download_bytes_per_s == 1000
 
 
+def test_money_and_platform_flags(tmp_path: Path):
+    """--history-lag, the money fault rates and the `platform` route (also covered by `all`) reach the config."""
+    base = ("--state-dir", str(tmp_path))
+    defaults = config_from_args(_parse(*base))
+    assert defaults.history_lag_s == 0.0
+    assert defaults.faults.cancel_running_completes_rate == defaults.faults.invalid_billed_rate == 0.0
+    cfg = config_from_args(
+        _parse(
+            *base, "--history-lag", "30", "--fault-cancel-running-completes-rate", "0.25",
+            "--fault-invalid-billed-rate", "0.5", "--fault-500", "platform=0.2", "--fault-429", "all=0.1",
+        )
+    )  # fmt: skip
+    assert cfg.history_lag_s == 30.0
+    assert cfg.faults.cancel_running_completes_rate == 0.25 and cfg.faults.invalid_billed_rate == 0.5
+    assert cfg.faults.platform.http_500 == 0.2 and cfg.faults.platform.http_429 == 0.1
+
+
 def test_bad_fault_flag_is_rejected(tmp_path: Path):
     """An unknown route in a fault flag is a ValueError."""
     with pytest.raises(ValueError, match="ROUTE"):

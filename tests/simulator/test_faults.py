@@ -155,3 +155,14 @@ def test_fault_draws_are_seeded():
     assert {"http_429", "ingress_5xx", None} == set(sequences[0])
     with pytest.raises(ValidationError):
         RouteFaults(http_429=0.7, drop=0.7)
+
+
+def test_money_fault_draws_are_seeded():
+    """cancel_ignored/invalid_billed follow their rates from the seeded RNG; at rate 0 they draw nothing."""
+    cfg = FaultConfig(cancel_running_completes_rate=0.5, invalid_billed_rate=0.5)
+    injectors = [FaultInjector(cfg, seed=s) for s in (3, 3)]
+    draws = [[(i.cancel_ignored(), i.invalid_billed()) for _ in range(40)] for i in injectors]
+    assert draws[0] == draws[1] and {True, False} <= {d for pair in draws[0] for d in pair}
+    quiet, reference = FaultInjector(FaultConfig(), seed=5), FaultInjector(FaultConfig(), seed=5)
+    assert not quiet.cancel_ignored() and not quiet.invalid_billed()
+    assert quiet.ingress_code() == reference.ingress_code()  # the RNG was not advanced

@@ -56,3 +56,22 @@ async def test_local_and_data_uri_inputs_obey_the_limit(tmp_path: Path):
             with pytest.raises(FetchError) as err:
                 await fetch(url, storage=storage, client=client, max_bytes=49)
             assert err.value.kind == "file_too_large"
+
+
+class _BrokenStream(httpx.AsyncByteStream):
+    """A body that breaks after its first chunk, like a connection reset mid-download."""
+
+    async def __aiter__(self):
+        yield b"x" * 10
+        raise httpx.ReadError("connection reset")
+
+
+async def test_broken_download_leaves_no_partial_file(tmp_path: Path):
+    """A transport error mid-body is a file_download_error and the partial file is removed."""
+    storage = Storage(tmp_path)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=_BrokenStream()))
+    async with httpx.AsyncClient(transport=transport) as client:
+        with pytest.raises(FetchError, match="ReadError") as err:
+            await fetch("https://example.com/a.mp4", storage=storage, client=client, max_bytes=1000)
+    assert err.value.kind == "file_download_error"
+    assert list(storage.tmp_dir.iterdir()) == []

@@ -10,6 +10,7 @@ import pytest
 
 from klingflow.endpoint import ENDPOINT_ID
 from klingflow.simulator import FaultConfig, Simulator
+from klingflow.simulator.protocol import request_urls
 from tests.conftest import TEST_FAL_KEY
 from tests.simulator.conftest import edit_args, submit
 
@@ -119,8 +120,10 @@ def test_other_key_has_its_own_slots(make_sim, media):
 
 
 def test_cancel_queued_is_never_processed_or_billed(make_sim, client: fal_client.SyncClient, media):
-    """A cancelled queued request completes with a cancel error, never starts and is not billed."""
-    sim = make_sim(concurrency_per_key=1, faults=FaultConfig(hang_prompts_containing=["HANG"]))
+    """A cancelled queued request completes with a cancel error, never starts and is not billed, even when
+    every cancel of a running request would be ignored."""
+    faults = FaultConfig(hang_prompts_containing=["HANG"], cancel_running_completes_rate=1.0)
+    sim = make_sim(concurrency_per_key=1, faults=faults)
     url = client.upload_file(media.silent)
     blocker = submit(client, edit_args(url, prompt="HANG"))
     queued = submit(client, edit_args(url))
@@ -129,7 +132,8 @@ def test_cancel_queued_is_never_processed_or_billed(make_sim, client: fal_client
     assert isinstance(status, fal_client.Completed) and status.error_type == "client_cancelled"
     with pytest.raises(fal_client.FalClientHTTPError) as err:
         queued.get()
-    assert err.value.status_code == 400
+    assert err.value.status_code == 499
+    sim.set_faults(FaultConfig(hang_prompts_containing=["HANG"]))
     blocker.cancel()
     rows = {r["request_id"]: r for r in httpx.get(f"{sim.url}/_simulator/requests").json()}
     assert rows[queued.request_id]["started_at"] is None
@@ -145,10 +149,47 @@ def test_cancel_running_completes_without_billing(make_sim, client: fal_client.S
     handle.cancel()
     status = handle.status()
     assert isinstance(status, fal_client.Completed) and status.error_type == "client_cancelled"
-    with pytest.raises(fal_client.FalClientHTTPError):
-        handle.cancel()  # already completed -> 400
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        handle.cancel()
+    assert err.value.status_code == 400 and err.value.response.json() == {"status": "ALREADY_COMPLETED"}
     assert sim.ledger() == []
     assert next(iter(sim.counters()["keys"].values()))["in_progress"] == 0
+
+
+def test_ignored_cancel_of_running_request_completes_and_bills(make_sim, client: fal_client.SyncClient, media):
+    """At cancel_running_completes_rate=1 a running request's cancel is 202 but it completes and is billed."""
+    sim = make_sim(time_scale=0.5, faults=FaultConfig(cancel_running_completes_rate=1.0))
+    handle = submit(client, edit_args(client.upload_file(media.silent)))
+    _wait_status(handle, fal_client.InProgress)
+    response = httpx.put(handle.cancel_url, headers=AUTH)
+    assert response.status_code == 202 and response.json() == {"status": "CANCELLATION_REQUESTED"}
+    handle.cancel()  # the real client sees the same 202
+    assert isinstance(handle.status(), fal_client.InProgress)
+    result = handle.get()
+    assert "video" in result
+    [entry] = sim.ledger()
+    assert entry.request_id == handle.request_id and entry.billed_seconds == 3
+    assert httpx.get(handle.response_url, headers=AUTH).headers["x-fal-billable-units"] == "3"
+    counters = sim.counters()
+    assert counters["billed"] == 1 and counters["faults"] == {"job.cancel_ignored": 2}
+    late = httpx.put(handle.cancel_url, headers=AUTH)
+    assert late.status_code == 400 and late.json() == {"status": "ALREADY_COMPLETED"}
+
+
+def test_cancelled_result_is_499_client_cancelled(make_sim, client: fal_client.SyncClient, media):
+    """The result of a cancelled request is HTTP 499 {detail, error_type: client_cancelled} + x-fal-error-type."""
+    sim = make_sim(faults=FaultConfig(hang_prompts_containing=["HANG"]))
+    handle = submit(client, edit_args(client.upload_file(media.silent), prompt="HANG"))
+    _wait_status(handle, fal_client.InProgress)
+    handle.cancel()
+    response = httpx.get(handle.response_url, headers=AUTH)
+    assert response.status_code == 499
+    assert response.json() == {"detail": "Request was cancelled", "error_type": "client_cancelled"}
+    assert response.headers["x-fal-error-type"] == "client_cancelled" and "x-fal-billable-units" not in response.headers
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        handle.get()
+    assert err.value.status_code == 499 and err.value.error_type == "client_cancelled"
+    assert sim.ledger() == [] and sim.counters()["billed"] == 0
 
 
 def test_unknown_request_id_is_404(sim: Simulator, client: fal_client.SyncClient):
@@ -171,6 +212,46 @@ def test_start_timeout_expires_queued_request(make_sim, client: fal_client.SyncC
     assert err.value.status_code == 504
     assert err.value.response.headers["x-fal-request-timeout-type"] == "user"
     blocker.cancel()
+
+
+def test_start_timeout_header_newer_name(make_sim, client: fal_client.SyncClient, media):
+    """X-Fal-Request-Start-Timeout drops a request not started in time: 504 user timeout, never run, unbilled."""
+    sim = make_sim(concurrency_per_key=1, faults=FaultConfig(hang_prompts_containing=["HANG"]))
+    url = client.upload_file(media.silent)
+    blocker = submit(client, edit_args(url, prompt="HANG"))
+    late = submit(client, edit_args(url), headers={"X-Fal-Request-Start-Timeout": "1.2"})
+    patient = submit(client, edit_args(url), headers={"X-Fal-Request-Start-Timeout": "600"})
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        late.get()
+    assert err.value.status_code == 504
+    assert err.value.response.headers["x-fal-request-timeout-type"] == "user"
+    blocker.cancel()
+    assert "video" in patient.get()
+    rows = {r["request_id"]: r for r in httpx.get(f"{sim.url}/_simulator/requests").json()}
+    assert rows[late.request_id]["outcome"] == "timeout" and rows[late.request_id]["started_at"] is None
+    assert [e.request_id for e in sim.ledger()] == [patient.request_id]
+
+
+def test_unknown_routes_are_404(sim: Simulator, client: fal_client.SyncClient, media):
+    """Unknown platform routes are 404 in the platform shape, other unknown paths/methods 404; submit still works."""
+    for method, path in (
+        ("GET", "/v1/models/pricing"),
+        ("POST", "/v1/models/pricing/estimate"),
+        ("PUT", "/v1/models/requests/by-endpoint"),
+    ):
+        response = httpx.request(method, sim.url + path, headers=AUTH, json={})
+        assert response.status_code == 404 and response.json()["error"]["type"] == "not_found", path
+    for method, path in (
+        ("GET", f"/{ENDPOINT_ID}"),
+        ("GET", "/nothing/here"),
+        ("DELETE", "/fal-ai/kling-video/requests/x"),
+        ("POST", "/fal-ai/other/model"),
+    ):
+        response = httpx.request(method, sim.url + path, headers=AUTH)
+        assert response.status_code == 404 and "detail" in response.json(), path
+    handle = submit(client, edit_args(client.upload_file(media.silent)))
+    assert request_urls(sim.url, handle.request_id)["status_url"] == handle.status_url
+    assert "video" in handle.get()
 
 
 def test_get_handle_reaches_submitted_request(sim: Simulator, client: fal_client.SyncClient, media):

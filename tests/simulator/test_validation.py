@@ -1,14 +1,18 @@
-"""Provider-side validation: accepted, processed, COMPLETED with an error, result 422, never billed."""
+"""Provider-side validation: accepted, processed, COMPLETED with an error, result 422, billed only at
+FaultConfig.invalid_billed_rate."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import fal_client
+import httpx
 import pytest
 
-from klingflow.endpoint import ENDPOINT_ID
-from klingflow.simulator import Simulator
+from klingflow.endpoint import ENDPOINT_ID, billable_seconds, cost_usd
+from klingflow.media.probe import probe_video
+from klingflow.simulator import FaultConfig, Simulator
+from tests.conftest import TEST_FAL_KEY
 from tests.simulator.conftest import edit_args
 
 
@@ -52,6 +56,36 @@ def test_video_limits_are_422(sim: Simulator, client, media, name: str, clip: di
     assert expected in _types(detail)
     assert all(d["loc"] == ["body", "video_url"] for d in detail)
     assert sim.ledger() == []
+
+
+def test_unbilled_422_has_no_billable_units(sim: Simulator, client, media):
+    """By default a 422 writes no ledger line and its result carries no x-fal-billable-units header."""
+    handle = client.submit(ENDPOINT_ID, {"video_url": client.upload_file(media.silent)})
+    with pytest.raises(fal_client.FalClientHTTPError) as err:
+        handle.get()
+    assert err.value.status_code == 422 and "x-fal-billable-units" not in err.value.response.headers
+    assert sim.ledger() == [] and sim.counters()["billed"] == 0
+
+
+def test_invalid_input_billed_at_rate(make_sim, client, media):
+    """At invalid_billed_rate=1 a 422 is billed: the probed input's seconds (3 if never probed), with the header."""
+    sim = make_sim(faults=FaultConfig(invalid_billed_rate=1.0))
+    long_clip = media.extra("long.mp4", seconds=11, width=720, height=720, fps=24)
+    probed = client.submit(ENDPOINT_ID, edit_args(client.upload_file(long_clip)))
+    unprobed = client.submit(ENDPOINT_ID, {"prompt": "no video at all"})
+    expected = {probed.request_id: billable_seconds(probe_video(long_clip).duration_s), unprobed.request_id: 3}
+    for handle in (probed, unprobed):
+        with pytest.raises(fal_client.FalClientHTTPError) as err:
+            handle.get()
+        assert err.value.status_code == 422
+        assert err.value.response.headers["x-fal-billable-units"] == str(expected[handle.request_id])
+    entries = {e.request_id: e for e in sim.ledger()}
+    assert {rid: e.billed_seconds for rid, e in entries.items()} == expected and expected[probed.request_id] == 11
+    assert all(e.cost_usd == cost_usd(e.billed_seconds) for e in entries.values())
+    raw = httpx.get(probed.response_url, headers={"Authorization": f"Key {TEST_FAL_KEY}"})
+    assert raw.status_code == 422 and raw.headers["x-fal-billable-units"] == "11"
+    counters = sim.counters()
+    assert counters["billed"] == 2 and counters["faults"]["job.invalid_billed"] == 2
 
 
 def test_too_many_references(sim: Simulator, client, media):

@@ -304,7 +304,7 @@ def test_broken_inputs_fail_with_a_clear_reason(corpus: Corpus, tmp_path: Path, 
     """Unreadable files fail that job only, naming the row, the file and why."""
     record = preprocess_job(job(corpus[name]), settings_for(tmp_path))
     assert record.status == "failed" and record.error_stage == "preprocess"
-    assert record.error.startswith("row 7 (job j1), file ")
+    assert record.error.startswith("row 7 (j1), file ")
     assert str(corpus[name]) in record.error and reason in record.error
     assert record.input_path is None
 

@@ -23,7 +23,7 @@ from klingflow.report.writer import (
     run_file_name,
     write_run_report,
 )
-from tests.test_report_support import T0, failed, succeeded, three_run_history, write_run
+from tests.report.test_support import T0, failed, succeeded, three_run_history, write_run
 
 EXPECTED = {"jobs": 7, "succeeded": 3, "cost": 6.048, "estimated": 11.424}
 

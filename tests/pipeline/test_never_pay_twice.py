@@ -163,10 +163,10 @@ async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, si
 async def test_failed_download_is_recovered_next_run_without_paying_or_counting_twice(
     tmp_path: Path, simulator, clip: Path
 ) -> None:
-    """The output could not be downloaded: the next run fetches the paid result; the bill is reported once."""
+    """The output could not be downloaded even after retries: the next run fetches the paid result; billed once."""
     from klingflow.simulator import RouteFaults
 
-    simulator.set_faults(FaultConfig(download=RouteFaults(http_500=1.0, max_count=1)))
+    simulator.set_faults(FaultConfig(download=RouteFaults(http_500=1.0, max_count=5), retry_after_s=0))
     params = fast_params(tmp_path, _manifest(tmp_path, clip, ["Download me @Video1"]))
     state, first = await run_flow(params)
     assert state == "FAILED"

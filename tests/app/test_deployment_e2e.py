@@ -29,7 +29,7 @@ from klingflow.media.synth import make_clip
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 POOL = "klingflow-process"
 LIMIT = 2

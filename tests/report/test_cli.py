@@ -12,7 +12,7 @@ import pytest
 
 from klingflow.report.cli import add_arguments, run
 from klingflow.report.summary import parse_bound
-from tests.test_report_support import three_run_history
+from tests.report.test_support import three_run_history
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -44,7 +44,7 @@ def test_prompt_reference_errors_fail_the_job_before_any_work(
         job(tmp_path / "never-read.mp4", prompt, [image] * n_images, elements), settings_for(tmp_path)
     )
     assert record.status == "failed" and record.error_stage == "preprocess"
-    assert record.error.startswith("row 3 (job j2): ") and reason in record.error
+    assert record.error.startswith("row 3 (j2): ") and reason in record.error
     assert not (tmp_path / "work" / "videos").exists()
 
 

@@ -14,10 +14,10 @@ from PIL import Image
 
 from klingflow.report.html import ThumbnailMaker, decode_frames, render_html, safe_href, write_html
 from klingflow.report.writer import read_history
-from tests.test_report_support import clip_pair, failed, succeeded, three_run_history, write_run
+from tests.report.test_support import clip_pair, failed, succeeded, three_run_history, write_run
 
 DATA_URI = re.compile(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _one_run_with_clips(tmp_path: Path) -> Path:

@@ -97,3 +97,33 @@ async def test_locked_waits_for_release(tmp_path: Path) -> None:
 
     await asyncio.gather(holder(), waiter())
     assert order == ["a-in", "a-out", "b-in"]
+
+
+def test_updates_are_validated(tmp_path: Path) -> None:
+    """An unknown field or a wrong type never reaches the ledger."""
+    import pytest
+    from pydantic import ValidationError
+
+    with RequestLedger(tmp_path, "simulator") as ledger:
+        ledger.put(_entry("k"))
+        with pytest.raises(ValidationError):
+            ledger.update("k", statte="submitted")
+        with pytest.raises(ValidationError):
+            ledger.update("k", state="paid-twice")
+        assert ledger.get("k").state == "submitting"
+
+
+def test_a_bill_is_carried_by_one_run_only(tmp_path: Path) -> None:
+    """The run that saw a bill owns it while it is open; once it is gone, the next run carries it."""
+    first = RequestLedger(tmp_path, "simulator")
+    entry = first.write(_entry("k"), state="completed", report_pending=True, bill_owner=first.owner("r1", 3600))
+    second = RequestLedger(tmp_path, "simulator")
+    assert first.carries_bill(entry) and not second.carries_bill(entry)
+    first.close()
+    assert second.carries_bill(second.get("k"))
+    second.mark_reported(["k"], "r2")
+    assert second.get("k").report_pending  # not its bill yet: mark_reported clears only its own
+    second.write(second.get("k"), bill_owner=second.owner("r2", 3600))
+    second.mark_reported(["k"], "r2")
+    assert (second.get("k").report_pending, second.get("k").billed_in_run) == (False, "r2")
+    second.close()

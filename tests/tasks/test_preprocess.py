@@ -21,4 +21,4 @@ def test_task_returns_updated_and_failed_records(corpus: Corpus, tmp_path: Path)
     done = preprocess(good, settings)
     assert done.status == "pending" and done.input_width == 960 and "scale" in done.preprocess_actions
     failed = preprocess(bad, settings)
-    assert failed.status == "failed" and failed.error.startswith("row 2 (job b), file ")
+    assert failed.status == "failed" and failed.error.startswith("row 2 (b), file ")

@@ -13,8 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.context import get_run_context
 
-from klingflow.report.writer import read_history
-from tasks.report import (
+from klingflow.report.artifacts import (
     LINK_KEY,
     PROGRESS_KEY,
     SUMMARY_KEY,
@@ -22,9 +21,10 @@ from tasks.report import (
     ProgressTracker,
     ReportPaths,
     html_path_for,
-    report,
 )
-from tests.test_report_support import T0, clip_pair, failed, succeeded
+from klingflow.report.writer import read_history
+from tasks.report import report
+from tests.report.test_support import T0, clip_pair, failed, succeeded
 
 
 @flow

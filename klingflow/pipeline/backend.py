@@ -1,0 +1,50 @@
+"""Opening the run's backend: the real fal.ai, a running simulator, or an embedded one.
+
+With the simulator backend the pipeline uses a running simulator when KLINGFLOW_SIMULATOR_URL is set
+(so deployments, several workers and outside checks share one queue and one ledger), and otherwise
+starts its own embedded one whose state lives in `<state_dir>/simulator`. Either way the run gets one
+FalQueue; fal_client's URL constants are back to what they were when the block ends.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+from klingflow.fal.backend import Logger, key_for
+from klingflow.fal.queue import FalQueue, Target
+from klingflow.models import Backend, EditParams
+
+SIMULATOR_URL_ENV = "KLINGFLOW_SIMULATOR_URL"
+
+
+@asynccontextmanager
+async def open_backend(params: EditParams, kind: Backend, key: str | None, logger: Logger) -> AsyncIterator[FalQueue]:
+    """The run's FalQueue for an already chosen backend (`key`: resolved once at flow start)."""
+    send_key = key_for(kind, key)
+    if kind is Backend.fal:
+        async with FalQueue(Target.fal(), send_key, endpoint=params.endpoint) as fal:
+            yield fal
+        return
+    with simulator_url(params, logger) as url:
+        async with FalQueue(Target.simulator(url), send_key, endpoint=params.endpoint) as fal:
+            yield fal
+
+
+@contextmanager
+def simulator_url(params: EditParams, logger: Logger) -> Iterator[str]:
+    """The running simulator's URL, or an embedded one's for the block."""
+    external = os.environ.get(SIMULATOR_URL_ENV)
+    if external:
+        logger.info("using the running simulator at %s (%s)", external, SIMULATOR_URL_ENV)
+        yield external.rstrip("/")
+        return
+    from klingflow.simulator import Simulator, SimulatorConfig
+
+    state = Path(params.state_dir).expanduser() / "simulator"
+    config = SimulatorConfig(state_dir=state, time_scale=params.simulator_time_scale)
+    with Simulator(config) as sim:
+        logger.info("started an embedded fal simulator at %s (state in %s)", sim.url, state)
+        yield sim.url
