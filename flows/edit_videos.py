@@ -155,7 +155,7 @@ async def edit_all(
             poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
             recent=RecentRequests(fal),
         )
-        leaders: dict[str, asyncio.Task[JobRecord]] = {}
+        leaders: dict[str, asyncio.Future[JobRecord]] = {}
 
         async def one(job: JobRecord) -> JobRecord:
             done = job
@@ -163,8 +163,17 @@ async def edit_all(
                 if job.ok and job.job_key in leaders:
                     done = as_follower(job, await asyncio.shield(leaders[job.job_key]))
                 elif job.ok and job.job_key:
-                    leaders[job.job_key] = asyncio.ensure_future(edit(job, ctx))
-                    done = await leaders[job.job_key]
+                    leaders[job.job_key] = result = asyncio.get_running_loop().create_future()
+                    try:  # the leader runs in this task, so a cancelled run waits for its cancels at fal
+                        done = await edit(job, ctx)
+                    except Exception as exc:
+                        result.set_exception(exc)
+                        result.exception()  # retrieved: followers re-raise it themselves
+                        raise
+                    except BaseException:
+                        result.cancel()
+                        raise
+                    result.set_result(done)
                 return done
             finally:
                 progress.advance()

@@ -14,6 +14,7 @@ when it runs out of work. The cap is unchanged (one request per lane, one lane p
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +53,9 @@ class RequestSlots:
     def __init__(self, name: str, size: int) -> None:
         self.name = name
         self.size = size
+        # Lanes run in the context the slots were made in (the flow's), never a task run's: a slot held
+        # for a task run would be tied to that task run, and outlive-or-end with it rather than the lane.
+        self._context = contextvars.copy_context()
         self._queue: deque[_Ticket] = deque()
         self._lanes = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -62,7 +66,7 @@ class RequestSlots:
         self._queue.append(ticket)
         if self._lanes < self.size:
             self._lanes += 1
-            task = asyncio.create_task(self._lane())
+            task = asyncio.create_task(self._lane(), context=self._context.copy())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         try:

@@ -243,7 +243,7 @@ class _Driver:
                     holding = False
                 try:
                     event = await self._perform(action)
-                except asyncio.CancelledError:
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
                     await asyncio.shield(self._interrupted(state))
                     raise
                 state, action = self._move(state, event)
