@@ -36,7 +36,7 @@ from klingflow.fal.slots import RequestSlots
 from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
 from klingflow.fal.uploads import UploadCache, upload_job
 from klingflow.ledger.budget import Budget
-from klingflow.ledger.decide import Action, Event, JobState, decide
+from klingflow.ledger.decide import Action, Event, JobState, decide, may_have_request
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, CostSource, EditParams, JobRecord, JobStatus, Stage
 from klingflow.pipeline.outputs import download_and_verify, output_is_intact
@@ -86,7 +86,7 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         force = ctx.params.force
         if entry is None and not force and (adopted := await _adopt(job, ctx)) is not None:
             return adopted
-        if entry is None or (force and entry.state not in (JobState.submitted, JobState.cancel_requested)):
+        if entry is None or (force and not _at_fal_now(entry.state)):
             return await _new_request(job, ctx)
         if entry.state is JobState.succeeded:
             return await _reuse(job, entry, ctx)
@@ -112,6 +112,11 @@ def bill_fields(units: float | None, estimated_seconds: float | None, *, failed:
     else:
         return {"billed_seconds": 0.0 if failed else None, "cost_usd": None, "cost_source": CostSource.none}
     return {"billed_seconds": seconds, "cost_usd": float(cost_usd(seconds)), "cost_source": source}
+
+
+def _at_fal_now(state: JobState) -> bool:
+    """A request fal accepted and has not finished: resumed even when forced (forcing would pay twice)."""
+    return may_have_request(state) and state not in (JobState.submitting, JobState.unknown)
 
 
 def _resume_point(state: JobState) -> Action:

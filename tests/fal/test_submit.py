@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.endpoint import ENDPOINT_ID
 from klingflow.fal.outcomes import Accepted, Done, Failure, Rejected, Unknown
 from klingflow.fal.queue import Backoff, FalQueue, Target
 from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
@@ -84,4 +83,3 @@ def test_arguments_follow_the_endpoint_schema_and_hash_stably() -> None:
     args = edit_arguments(record)
     assert args["keep_audio"] is True and args["shot_type"] == "customize" and args["image_urls"] == []
     assert payload_sha256(args) == payload_sha256(dict(reversed(list(args.items()))))
-    assert ENDPOINT_ID.startswith("fal-ai/")
