@@ -133,6 +133,7 @@ class Stage(enum.StrEnum):
     submit_unknown = "submit-unknown"  # fal may have the request: settled through its history, never resent blindly
     collect = "collect"
     collect_unreachable = "collect-unreachable"  # fal not reached: the request stays resumable by the next run
+    cancel_unconfirmed = "cancel-unconfirmed"  # cancel sent, fal's outcome not known yet: the next run resumes it
     download = "download"
 
 

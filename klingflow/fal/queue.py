@@ -274,7 +274,7 @@ class FalQueue:
 
         return await self._retrying(once)
 
-    async def cancel(self, request_id: str) -> CancelReply:
+    async def cancel(self, request_id: str, *, attempts: int | None = None) -> CancelReply:
         """Ask fal to cancel; only a `requested` reply followed by a cancelled result is a cancel."""
 
         async def once() -> CancelReply:
@@ -286,7 +286,7 @@ class FalQueue:
             self._raise_for(response)
             return CancelReply(_json(response).get("status", CancelReply.requested.value))
 
-        return await self._retrying(once)
+        return await self._retrying(once, attempts)
 
     async def history(
         self, *, start: datetime, request_id: str | None = None, payloads: bool = True

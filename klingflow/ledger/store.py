@@ -74,7 +74,7 @@ class LedgerEntry(PaidResult):
     report_pending: bool = False  # billed, and no report carries the bill yet
     bill_owner: LockOwner | None = None  # the run whose report will carry it (if it dies first, the next one will)
     billed_in_run: str | None = None  # the run whose report carries this bill
-    cancel_requested_at: float | None = None
+    cancel_requested_at: float | None = None  # when fal acknowledged a cancel (None: send it again)
     fal_status: int | None = None  # HTTP status fal ended the request with (failed_at_fal)
     error: str | None = None
 

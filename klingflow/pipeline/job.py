@@ -43,6 +43,8 @@ from klingflow.pipeline.outputs import download_and_verify, output_is_intact
 
 GROWTH = 1.5
 CANCEL_GRACE_S = 60.0  # after a cancel, how long this run waits for fal's terminal answer
+INTERRUPT_CANCEL_ATTEMPTS = 3  # a stopping run tries this often, then leaves the cancel to the hook or next run
+INTERRUPT_CANCEL_S = 10.0
 REPORT_GRACE_S = 6 * 3600.0  # a run on another host that saw a bill has this long to report it, then the next does
 SETTLE_BACKOFF_S = (2.0, 4.0, 8.0, 15.0, 30.0)
 HISTORY_BY_ID_WINDOW = timedelta(days=90)  # fal widens the history to 90 days when a request id is given
@@ -99,7 +101,7 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         if entry.state in (JobState.cancelled, JobState.failed_before_submit, JobState.failed_at_fal):
             return await _new_request(job, ctx)
         state = JobState.unknown if entry.state is JobState.submitting else entry.state  # a crash mid-POST
-        return await _Driver(_resumed(job, entry, ctx), ctx, entry).run(state, _resume_point(state))
+        return await _Driver(_resumed(job, entry, ctx), ctx, entry).run(state, _resume_point(state, entry))
 
 
 def bill_fields(units: float | None, estimated_seconds: float | None, *, failed: bool = False) -> dict[str, Any]:
@@ -119,12 +121,11 @@ def _at_fal_now(state: JobState) -> bool:
     return may_have_request(state) and state not in (JobState.submitting, JobState.unknown)
 
 
-def _resume_point(state: JobState) -> Action:
-    return {
-        JobState.completed: Action.download,
-        JobState.submitted: Action.poll,
-        JobState.cancel_requested: Action.poll,
-    }.get(state, Action.settle)  # unknown
+def _resume_point(state: JobState, entry: LedgerEntry) -> Action:
+    """Where a resumed job picks up; a cancel fal never acknowledged is sent again."""
+    if state is JobState.cancel_requested:
+        return Action.poll if entry.cancel_requested_at else Action.cancel
+    return {JobState.completed: Action.download, JobState.submitted: Action.poll}.get(state, Action.settle)
 
 
 def _user_error(entry: LedgerEntry) -> bool:
@@ -266,10 +267,18 @@ class _Driver:
         if decision.state is not state:
             self._persist(decision.state)
         if decision.action is Action.cancel:
+            cancel = self.ctx.fal.cancel(self.job.request_id or "", attempts=INTERRUPT_CANCEL_ATTEMPTS)
             try:
-                reply = await asyncio.wait_for(self.ctx.fal.cancel(self.job.request_id or ""), 10)
-            except (FalError, TimeoutError):
+                reply = await asyncio.wait_for(cancel, INTERRUPT_CANCEL_S)
+            except (FalError, TimeoutError) as exc:
+                self.ctx.log.warning(
+                    "%s: could not cancel request %s (%s); the next run sends the cancel again",
+                    self.job.job_id,
+                    self.job.request_id,
+                    exc,
+                )
                 return
+            self._cancel_acknowledged()
             self.ctx.log.info(
                 "%s: cancel of request %s on interruption: %s", self.job.job_id, self.job.request_id, reply.value
             )
@@ -298,8 +307,6 @@ class _Driver:
             fields |= {"error": job.error or self.note, "fal_status": self.failure.status if self.failure else None}
             if job.cost_usd and not job.reused:
                 fields |= job.model_dump(include=BILL_FIELDS) | owed
-        if state is JobState.cancel_requested and not (self.entry and self.entry.cancel_requested_at):
-            fields["cancel_requested_at"] = time.time()
         if self.entry is None:
             self.entry = _new_entry(job, self.ctx, state)
         self.entry = self.ctx.ledger.write(self.entry, **fields)
@@ -411,22 +418,32 @@ class _Driver:
         return f"request {self.job.request_id} cancelled at fal (not billed)"
 
     async def _cancel(self) -> Event:
-        timeout = self.ctx.poll.timeout_s
-        self.note = f"timed out after {timeout:.0f} s"
-        self.ctx.log.warning(
-            "%s: no result after %.0f s; cancelling request %s", self.job.job_id, timeout, self.job.request_id
-        )
+        if self.entry is not None and self.entry.state is JobState.cancel_requested and not self.note:
+            self.note = "an earlier run's cancel was never acknowledged"
+            self.ctx.log.warning("%s: sending the cancel of request %s again", self.job.job_id, self.job.request_id)
+        else:
+            timeout = self.ctx.poll.timeout_s
+            self.note = f"timed out after {timeout:.0f} s"
+            self.ctx.log.warning(
+                "%s: no result after %.0f s; cancelling request %s", self.job.job_id, timeout, self.job.request_id
+            )
         try:
             reply = await self.ctx.fal.cancel(self.job.request_id or "")
         except FalTransient as exc:
-            self.note = f"timed out after {timeout:.0f} s; the cancel failed ({exc})"
+            self.note += f"; the cancel failed ({exc})"
             return Event.transient
+        self._cancel_acknowledged()
         self.polls_started = False
         return {
             CancelReply.requested: Event.cancel_accepted,
             CancelReply.already_completed: Event.cancel_too_late,
             CancelReply.not_found: Event.not_found,
         }[reply]
+
+    def _cancel_acknowledged(self) -> None:
+        """fal answered the cancel: the hook and the next run wait for its outcome instead of sending another."""
+        if self.entry is not None:
+            self.entry = self.ctx.ledger.write(self.entry, cancel_requested_at=time.time())
 
     async def _settle(self) -> Event:
         """Look for a lost submit in fal's history, re-checking over the settle window."""
@@ -527,10 +544,9 @@ class _Driver:
             )
         if state is JobState.cancel_requested:
             return job.fail(
-                Stage.collect,
+                Stage.cancel_unconfirmed,
                 f"{self.note}; cancel requested at fal but not confirmed — it may still "
                 "complete and be billed; the next run resumes it",
-                status=JobStatus.cancelled,
             )
         return job.fail(Stage.submit_unknown, self._unknown_reason())
 

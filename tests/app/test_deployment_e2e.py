@@ -26,6 +26,7 @@ import pytest
 
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.media.synth import make_clip
+from klingflow.pipeline.job import INTERRUPT_CANCEL_ATTEMPTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -457,8 +458,9 @@ def test_cancelling_a_run_cancels_its_requests_at_fal(stack: Stack, refused_in_f
     try:
         run_id = _trigger(stack, _deployment(stack, "edit_videos/edit-videos-adhoc")["id"], params)
         hanging, quick = _wait_hanging_and_billed(stack, state_dir, run_id)
-        if refused_in_flow:  # the flow's own three cancels fail (500), so only the on_cancellation hook can succeed
-            refuse = {**hang, "cancel": {"http_500": 1.0, "max_count": len(hanging)}}
+        if refused_in_flow:  # every cancel the flow tries fails (500), so only the on_cancellation hook can succeed
+            refusals = len(hanging) * INTERRUPT_CANCEL_ATTEMPTS
+            refuse = {**hang, "cancel": {"http_500": 1.0, "max_count": refusals}}
             httpx.put(f"{stack.sim}/_simulator/faults", json=refuse, timeout=10).raise_for_status()
         response = _api(
             stack,

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from klingflow.media.synth import make_clip
+from klingflow.pipeline.job import INTERRUPT_CANCEL_ATTEMPTS
 from klingflow.simulator import FaultConfig
 from tests.conftest import fast_params, run_flow
 
@@ -76,51 +77,56 @@ async def test_dry_run_submits_nothing(tmp_path: Path, simulator, clip: Path) ->
     assert report["estimated_cost_usd"].sum() == pytest.approx(2.016)
 
 
-def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: Path) -> None:
-    """Interrupting a CLI run cancels its requests at fal: none of them is ever billed."""
-    simulator.set_faults(FaultConfig(hang_prompts_containing=["HANG"]))
+@pytest.mark.parametrize("cancels", ["answered", "refused"])
+async def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, clip: Path, cancels: str) -> None:
+    """Interrupting a CLI run cancels its requests at fal; if fal refuses those cancels, the next run sends
+    them again. None of the requests is ever billed."""
+    from klingflow.simulator import RouteFaults
+
+    refusals = 3 * INTERRUPT_CANCEL_ATTEMPTS if cancels == "refused" else 0
+    simulator.set_faults(
+        FaultConfig(
+            hang_prompts_containing=["HANG"],
+            retry_after_s=0,
+            cancel=RouteFaults(http_500=1.0 if refusals else 0.0, max_count=refusals or None),
+        )
+    )
     manifest = _manifest(tmp_path, clip, [f"HANG {i} @Video1" for i in range(3)])
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "klingflow.app.cli",
-        "run",
-        str(manifest),
-        "--backend",
-        "simulator",
-        "--concurrency",
-        "3",
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--out",
-        str(tmp_path / "out"),
-        "--report-dir",
-        str(tmp_path / "reports"),
-        "--poll-interval",
-        "0.1",
-        "--poll-max-interval",
-        "0.2",
-        "--concurrency-limit",
-        f"klingflow-cancel-{tmp_path.name}",
-    ]
+    output = _interrupt_cli_run(tmp_path, manifest, simulator, submits=3)
+    assert "exit 130" in output, output[-3000:]
+    if cancels == "refused":
+        assert "cancelled" not in _outcomes(simulator), output[-3000:]
+        assert output.count("the next run sends the cancel again") == 3, output[-3000:]
+        _, summary = await run_flow(fast_params(tmp_path, manifest))
+        assert summary.statuses == dict.fromkeys(["j0", "j1", "j2"], "cancelled"), summary
+    assert _outcomes(simulator) == ["cancelled"] * 3
+    assert simulator.ledger() == []
+
+
+def _interrupt_cli_run(tmp_path: Path, manifest: Path, simulator, *, submits: int) -> str:
+    """Run `klingflow run` in a subprocess, send SIGINT once `submits` requests are at fal; its output."""
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    cmd = [sys.executable, "-m", "klingflow.app.cli", "run", str(manifest), "--backend", "simulator"]
+    cmd += ["--concurrency", str(submits), "--state-dir", str(tmp_path / "state"), "--out", str(tmp_path / "outputs")]
+    cmd += ["--report-dir", str(tmp_path / "reports"), "--poll-interval", "0.1", "--poll-max-interval", "0.2"]
+    cmd += ["--concurrency-limit", f"klingflow-cancel-{tmp_path.name}"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and simulator.counters()["submits"] < 3:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and simulator.counters()["submits"] < submits:
             assert proc.poll() is None, proc.communicate()[0][-3000:]
             time.sleep(0.2)
-        assert simulator.counters()["submits"] == 3
+        assert simulator.counters()["submits"] == submits
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, output[-3000:]
+    return f"{output}\nexit {proc.returncode}"
+
+
+def _outcomes(simulator) -> list[str]:
     requests = httpx.get(f"{simulator.url}/_simulator/requests").json()
-    outcomes = [r["outcome"] for r in (requests["requests"] if isinstance(requests, dict) else requests)]
-    assert len(outcomes) == 3
-    assert all(o == "cancelled" for o in outcomes), outcomes
-    assert simulator.ledger() == []
+    return [r["outcome"] for r in (requests["requests"] if isinstance(requests, dict) else requests)]
 
 
 async def test_lost_submit_answer_is_adopted_from_the_request_history(tmp_path: Path, simulator, clip: Path) -> None:
