@@ -101,7 +101,9 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         if entry.state in (JobState.cancelled, JobState.failed_before_submit, JobState.failed_at_fal):
             return await _new_request(job, ctx)
         state = JobState.unknown if entry.state is JobState.submitting else entry.state  # a crash mid-POST
-        return await _Driver(_resumed(job, entry, ctx), ctx, entry).run(state, _resume_point(state, entry))
+        action = _resume_point(state, entry)
+        note = "an earlier run's cancel was never acknowledged" if action is Action.cancel else ""
+        return await _Driver(_resumed(job, entry, ctx), ctx, entry, note=note).run(state, action)
 
 
 def bill_fields(units: float | None, estimated_seconds: float | None, *, failed: bool = False) -> dict[str, Any]:
@@ -221,7 +223,13 @@ class _Driver:
     """Performs one job's actions until its life at fal is over in this run (or must wait for the next)."""
 
     def __init__(
-        self, job: JobRecord, ctx: RunContext, entry: LedgerEntry | None, *, reserved: float | None = None
+        self,
+        job: JobRecord,
+        ctx: RunContext,
+        entry: LedgerEntry | None,
+        *,
+        reserved: float | None = None,
+        note: str = "",
     ) -> None:
         self.job, self.ctx, self.entry = job, ctx, entry
         self.reserved = reserved if reserved is not None else job.estimated_cost_usd or 0.0
@@ -234,7 +242,7 @@ class _Driver:
         self.cancel_deadline: float | None = None
         self.settle_attempt = 0
         self.failure: Failure | None = None
-        self.note = ""
+        self.note = note
 
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self, state: JobState, action: Action) -> JobRecord:
@@ -313,6 +321,11 @@ class _Driver:
 
     # --- actions ------------------------------------------------------------------------------------
     async def _submit(self) -> Event:
+        if self.job.video_url is None:  # resent after a lost answer in an earlier run: upload in this one
+            self.job = await upload_job(self.job, self.ctx.uploads)
+            if not self.job.ok:
+                self.note = self.job.error or "upload failed"
+                return Event.rejected
         arguments = edit_arguments(self.job)
         self.job = self.job.with_(request_id=None, submitted_at=None)
         self._persist(
@@ -418,15 +431,9 @@ class _Driver:
         return f"request {self.job.request_id} cancelled at fal (not billed)"
 
     async def _cancel(self) -> Event:
-        if self.entry is not None and self.entry.state is JobState.cancel_requested and not self.note:
-            self.note = "an earlier run's cancel was never acknowledged"
-            self.ctx.log.warning("%s: sending the cancel of request %s again", self.job.job_id, self.job.request_id)
-        else:
-            timeout = self.ctx.poll.timeout_s
-            self.note = f"timed out after {timeout:.0f} s"
-            self.ctx.log.warning(
-                "%s: no result after %.0f s; cancelling request %s", self.job.job_id, timeout, self.job.request_id
-            )
+        if not self.note:  # this run's timeout (a resumed, unacknowledged cancel comes with its own note)
+            self.note = f"timed out after {self.ctx.poll.timeout_s:.0f} s"
+        self.ctx.log.warning("%s: %s; cancelling request %s", self.job.job_id, self.note, self.job.request_id)
         try:
             reply = await self.ctx.fal.cancel(self.job.request_id or "")
         except FalTransient as exc:

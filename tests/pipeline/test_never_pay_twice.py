@@ -166,6 +166,30 @@ async def test_crash_between_post_and_ledger_write_is_settled(tmp_path: Path, si
     assert summary.cost_usd == pytest.approx(1.008)  # the resumed request's bill belongs to this run's report
 
 
+async def test_a_submit_lost_in_an_earlier_run_is_resent_with_its_files_uploaded(
+    tmp_path: Path, simulator, clip: Path
+) -> None:
+    """Run 1 loses the submit's answer and cannot read fal's history; run 2 proves the POST never arrived
+    and sends it again, uploading the job's files in that run (they were uploaded by run 1 only)."""
+    from klingflow.simulator import RouteFaults
+
+    simulator.set_faults(
+        FaultConfig(submit=RouteFaults(drop=1.0, max_count=1), platform=RouteFaults(http_500=1.0), retry_after_s=0)
+    )
+    params = fast_params(tmp_path, _manifest(tmp_path, clip, ["Lost before fal @Video1"]), settle_window_s=1.0)
+    state, first = await run_flow(params)
+    assert (state, first.statuses) == ("FAILED", {"j0": "failed"})
+    assert simulator.counters()["submits"] == 0
+    simulator.set_faults(FaultConfig())
+    state, second = await run_flow(params)
+    assert (state, second.statuses) == ("COMPLETED", {"j0": "succeeded"}), second
+    (bill,) = simulator.ledger()
+    assert bill.input["video_url"].startswith(simulator.url)
+    report = pd.read_parquet(tmp_path / "reports").sort_values("run_started_at")
+    assert list(report["error_stage"].fillna("")) == ["submit-unknown", ""]
+    assert report["cost_usd"].fillna(0).sum() == pytest.approx(float(bill.cost_usd))
+
+
 async def test_failed_download_is_recovered_next_run_without_paying_or_counting_twice(
     tmp_path: Path, simulator, clip: Path
 ) -> None:
