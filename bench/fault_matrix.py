@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.prefect_server import prefect_server
 from klingflow.media.synth import make_clip
 from klingflow.simulator import FaultConfig, LedgerEntry, RouteFaults, Simulator, SimulatorConfig
 from klingflow.simulator.config import ROUTE_KINDS
@@ -242,7 +243,7 @@ def _simulator_config(root: Path, seed: int, args: argparse.Namespace) -> Simula
     )
 
 
-def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path, Path]) -> SeedResult:
+def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path, Path], api_url: str) -> SeedResult:
     seed_root = root / f"seed-{seed}"
     seed_root.mkdir()
     rows = _rows(args.jobs, seed, *clips, missing_dir=seed_root / "missing")
@@ -255,6 +256,7 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path,
             "PREFECT_HOME": str(seed_root / "prefect"),
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_URL": api_url,
         }
         for run in range(1, RUNS + 1):
             command = _command(manifest, seed_root, seed, run, args.settle_window)
@@ -376,15 +378,16 @@ def main(argv: list[str] | None = None) -> int:
     results: list[SeedResult] = []
     root = Path(tempfile.mkdtemp(prefix="klingflow-matrix-"))
     try:
-        clips = _clips(root)
-        for seed in range(1, args.seeds + 1):
-            result = run_seed(seed, args, root, clips)
-            results.append(result)
-            print(_format_seed(result), flush=True)
-            if not result.ok:
-                print("\n".join([_timing_line(result), *_diagnose(result)]), flush=True)
-            if args.verbose:
-                print("\n".join(line for row in result.rows for line in _job_lines(result, row)), flush=True)
+        with prefect_server(root / "prefect-server") as api_url:
+            clips = _clips(root)
+            for seed in range(1, args.seeds + 1):
+                result = run_seed(seed, args, root, clips, api_url)
+                results.append(result)
+                print(_format_seed(result), flush=True)
+                if not result.ok:
+                    print("\n".join([_timing_line(result), *_diagnose(result)]), flush=True)
+                if args.verbose:
+                    print("\n".join(line for row in result.rows for line in _job_lines(result, row)), flush=True)
     finally:
         if args.keep:
             print(f"kept {root}", flush=True)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.prefect_server import prefect_server
 from klingflow.media.probe import probe_video
 from klingflow.media.synth import make_clip
 from klingflow.simulator import Simulator, SimulatorConfig
@@ -106,8 +107,17 @@ def _wait_for_submit(proc: subprocess.Popen[bytes], sim: Simulator, timeout_s: f
 
 
 def run(
-    kills: int, jobs: int, seed: int, max_delay_s: float, root: Path, log=print, history_lag_s: float = HISTORY_LAG_S
+    kills: int,
+    jobs: int,
+    seed: int,
+    max_delay_s: float,
+    root: Path,
+    log=print,
+    history_lag_s: float = HISTORY_LAG_S,
+    api_url: str | None = None,
 ) -> KillReport:
+    """The kill loop; every run talks to the Prefect server at `api_url` (the kills land in the pipeline, not
+    in a temporary server's 10-35 s start-up)."""
     rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)
@@ -123,6 +133,7 @@ def run(
             "PREFECT_HOME": str(root / "prefect"),
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            **({"PREFECT_API_URL": api_url} if api_url else {}),
         }
         for i in range(kills):
             proc = subprocess.Popen(
@@ -169,8 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill, seconds after start")
     parser.add_argument("--history-lag", type=float, default=HISTORY_LAG_S, help="simulator history lag, seconds")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.kills, args.jobs, args.seed, args.max_delay, Path(tmp), history_lag_s=args.history_lag)
+    with tempfile.TemporaryDirectory() as tmp, prefect_server(Path(tmp) / "prefect-server") as api_url:
+        result = run(
+            args.kills, args.jobs, args.seed, args.max_delay, Path(tmp), history_lag_s=args.history_lag, api_url=api_url
+        )
     print(
         f"final run exit {result.final_exit} in {result.final_elapsed_s:.1f} s; billed per job: "
         f"{result.billed_per_job}; outputs verified {result.outputs_verified}/{result.jobs}"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -14,6 +18,10 @@ from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
 
 console = Console(stderr=True)
+# Prefect gives a temporary server 20 s to start; on a busy 2-core machine its first start (migrations)
+# was measured at 21-35 s. A run waits this long before it gives up with one clear line (exit 2).
+TEMPORARY_SERVER_START_S = 180.0
+TEMPORARY_SERVER_ERROR = "ephemeral Prefect API server"
 
 
 async def run_with_progress(params: EditParams):
@@ -40,7 +48,17 @@ async def run_with_progress(params: EditParams):
 
         unsubscribe = events.subscribe(advance)
         try:
-            state = await edit_videos(params, return_state=True)
+            with _patient_temporary_server():
+                state = await edit_videos(params, return_state=True)
+        except RuntimeError as exc:
+            if TEMPORARY_SERVER_ERROR not in str(exc):
+                raise
+            console.print(
+                f"[red]klingflow: the temporary Prefect server did not start within "
+                f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value():.0f} s; start one (`prefect server "
+                "start`) and set PREFECT_API_URL, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS[/red]"
+            )
+            return None
         finally:
             unsubscribe()
     summary = await state.aresult(raise_on_failure=False)
@@ -49,6 +67,16 @@ async def run_with_progress(params: EditParams):
         return None
     print_summary(summary)
     return summary
+
+
+@contextmanager
+def _patient_temporary_server() -> Iterator[None]:
+    """Give a temporary Prefect server time to start (unless the user chose a timeout); restored after."""
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
+        yield
+        return
+    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: TEMPORARY_SERVER_START_S}):
+        yield
 
 
 def print_summary(summary) -> None:

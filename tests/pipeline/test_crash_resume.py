@@ -1,4 +1,5 @@
-"""SIGKILL the pipeline at random moments 20 times, re-run it each time, audit the simulator's ledger."""
+"""SIGKILL the pipeline at random moments, re-run it each time, audit the simulator's ledger (the bench,
+bench/kill_resume.py, runs the longer loop the README quotes)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,26 @@ import pytest
 
 from bench.kill_resume import run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
-def test_twenty_random_kills_never_bill_a_job_twice_and_lose_no_output(tmp_path: Path) -> None:
-    """After 20 kills and a final run (history lagging 1 s): each job billed once, every output verified."""
+def test_random_kills_never_bill_a_job_twice_and_lose_no_output(tmp_path: Path) -> None:
+    """After 10 kills and a final run (history lagging 1 s): each job billed once, every output verified."""
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = str(PREFECT_API_URL.value())  # the session's server: kills land in the pipeline, not in its start-up
     lines: list[str] = []
-    report = run(kills=20, jobs=16, seed=11, max_delay_s=14.0, root=tmp_path, log=lines.append, history_lag_s=1.0)
-    assert len(report.submits_at_kill) == 20
+    report = run(
+        kills=10,
+        jobs=10,
+        seed=11,
+        max_delay_s=10.0,
+        root=tmp_path,
+        log=lines.append,
+        history_lag_s=1.0,
+        api_url=api_url,
+    )
+    assert len(report.submits_at_kill) == 10
     assert report.submits_at_kill[-1] > 0, "some kills must land after submissions started"
     assert report.final_exit == 0, "\n".join(lines[-5:])
     assert report.billed_exactly_once, report.billed_per_job

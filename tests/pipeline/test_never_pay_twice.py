@@ -105,7 +105,10 @@ async def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, 
 
 def _interrupt_cli_run(tmp_path: Path, manifest: Path, simulator, *, submits: int) -> str:
     """Run `klingflow run` in a subprocess, send SIGINT once `submits` requests are at fal; its output."""
-    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    from prefect.settings import PREFECT_API_URL
+
+    # the session's Prefect server (no temporary server per CLI run: it is the interruption under test)
+    env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_API_URL": str(PREFECT_API_URL.value())}
     cmd = [sys.executable, "-m", "klingflow.app.cli", "run", str(manifest), "--backend", "simulator"]
     cmd += ["--concurrency", str(submits), "--state-dir", str(tmp_path / "state"), "--out", str(tmp_path / "outputs")]
     cmd += ["--report-dir", str(tmp_path / "reports"), "--poll-interval", "0.1", "--poll-max-interval", "0.2"]

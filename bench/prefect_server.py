@@ -1,0 +1,23 @@
+"""One Prefect server for a benchmark's many `klingflow run`s: runs start in seconds instead of each
+booting a temporary server (10-35 s here), so what a bench measures or kills is the pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """A Prefect server with its own home for the duration; its API URL (for PREFECT_API_URL)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    with temporary_settings({PREFECT_HOME: home}):
+        server = SubprocessASGIServer()
+        server.start(timeout=180)
+        try:
+            yield server.api_url
+        finally:
+            server.stop()
