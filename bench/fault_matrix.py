@@ -1,7 +1,7 @@
 """Run the pipeline under fal's worst documented behaviour on every route, re-run it once, then prove from the
 simulator's billing ledger that no job was ever paid for twice and that the report accounts for every cent.
 
-    python bench/fault_matrix.py [--seeds 5] [--jobs 30] [--fault-rate 0.10] [--history-lag 30] [--settle-window 75]
+    python -m bench.fault_matrix [--seeds 5] [--jobs 30] [--fault-rate 0.10] [--history-lag 30] [--settle-window 75]
                                  [--verbose] [--keep]
 
 For each seed (1..N) a simulator runs in this process with `--fault-rate` of HTTP faults on every route kind

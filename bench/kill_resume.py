@@ -1,7 +1,7 @@
 """Kill the pipeline with SIGKILL at random moments, re-run it each time, then prove from the
 simulator's billing ledger that every job was billed exactly once and every output verifies.
 
-    python bench/kill_resume.py --kills 20 --jobs 6 --seed 7
+    python -m bench.kill_resume --kills 20 --jobs 6 --seed 7
 
 The simulator runs in this process (it survives the kills); each pipeline run is a `klingflow run`
 subprocess sharing one state dir (upload cache, request ledger) and one report dir. Odd-numbered

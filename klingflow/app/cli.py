@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import enum
 import os
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
-from klingflow.models import AspectPolicy, Backend, EditParams, TooLongPolicy, TooShortPolicy
+from klingflow.models import EditParams
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -48,93 +50,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `klingflow run` option -> EditParams field: defaults, help and choices come from the field
+RUN_OPTIONS: dict[str, str] = {
+    "--backend": "backend",
+    "--concurrency": "max_concurrency",
+    "--out": "output_dir",
+    "--report-dir": "report_dir",
+    "--state-dir": "state_dir",
+    "--timeout": "job_timeout_s",
+    "--poll-interval": "poll_interval_s",
+    "--poll-max-interval": "poll_max_interval_s",
+    "--too-long": "too_long",
+    "--too-short": "too_short",
+    "--extreme-aspect": "extreme_aspect",
+    "--max-budget": "max_budget_usd",
+    "--dry-run": "dry_run",
+    "--force": "force",
+    "--concurrency-limit": "concurrency_limit",
+    "--time-scale": "simulator_time_scale",
+    "--settle-window": "settle_window_s",
+}
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    fields = EditParams.model_fields
-    parser.add_argument(
-        "--backend", choices=[b.value for b in Backend], default=Backend.auto.value, help=fields["backend"].description
-    )
-    parser.add_argument(
-        "--concurrency", type=int, default=fields["max_concurrency"].default, help=fields["max_concurrency"].description
-    )
-    parser.add_argument("--out", default=fields["output_dir"].default, help=fields["output_dir"].description)
-    parser.add_argument("--report-dir", default=fields["report_dir"].default, help=fields["report_dir"].description)
-    parser.add_argument("--state-dir", default=None, help=fields["state_dir"].description)
-    parser.add_argument(
-        "--timeout", type=float, default=fields["job_timeout_s"].default, help=fields["job_timeout_s"].description
-    )
-    parser.add_argument(
-        "--poll-interval",
-        type=float,
-        default=fields["poll_interval_s"].default,
-        help=fields["poll_interval_s"].description,
-    )
-    parser.add_argument(
-        "--poll-max-interval",
-        type=float,
-        default=fields["poll_max_interval_s"].default,
-        help=fields["poll_max_interval_s"].description,
-    )
-    parser.add_argument(
-        "--too-long",
-        choices=[p.value for p in TooLongPolicy],
-        default=TooLongPolicy.trim.value,
-        help=fields["too_long"].description,
-    )
-    parser.add_argument(
-        "--too-short",
-        choices=[p.value for p in TooShortPolicy],
-        default=TooShortPolicy.reject.value,
-        help=fields["too_short"].description,
-    )
-    parser.add_argument(
-        "--extreme-aspect",
-        choices=[p.value for p in AspectPolicy],
-        default=AspectPolicy.reject.value,
-        help=fields["extreme_aspect"].description,
-    )
-    parser.add_argument("--max-budget", type=float, default=None, help=fields["max_budget_usd"].description)
-    parser.add_argument("--dry-run", action="store_true", help=fields["dry_run"].description)
-    parser.add_argument("--force", action="store_true", help=fields["force"].description)
-    parser.add_argument(
-        "--concurrency-limit", default=fields["concurrency_limit"].default, help=fields["concurrency_limit"].description
-    )
-    parser.add_argument(
-        "--time-scale",
-        type=float,
-        default=fields["simulator_time_scale"].default,
-        help=fields["simulator_time_scale"].description,
-    )
-    parser.add_argument(
-        "--settle-window",
-        type=float,
-        default=fields["settle_window_s"].default,
-        help=fields["settle_window_s"].description,
-    )
+    for flag, name in RUN_OPTIONS.items():
+        info = EditParams.model_fields[name]
+        kind = next((t for t in (info.annotation, *get_args(info.annotation)) if t is not type(None)), str)
+        default = None if info.default_factory else info.default
+        default = default.value if isinstance(default, enum.Enum) else default
+        help_text = f"{info.description} (default: {default})" if default is not None else info.description
+        options: dict[str, object] = {"dest": name, "help": help_text, "default": None}
+        if kind is bool:
+            options |= {"action": "store_true", "default": False, "help": info.description}
+        elif isinstance(kind, type) and issubclass(kind, enum.Enum):
+            options["choices"] = [member.value for member in kind]
+        else:
+            options["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+            if kind in (int, float):
+                options["type"] = kind
+        parser.add_argument(flag, **options)
 
 
 def params_from_args(args: argparse.Namespace) -> EditParams:
-    values = {
-        "manifest": args.manifest,
-        "backend": args.backend,
-        "max_concurrency": args.concurrency,
-        "output_dir": args.out,
-        "report_dir": args.report_dir,
-        "job_timeout_s": args.timeout,
-        "poll_interval_s": args.poll_interval,
-        "poll_max_interval_s": args.poll_max_interval,
-        "too_long": args.too_long,
-        "too_short": args.too_short,
-        "extreme_aspect": args.extreme_aspect,
-        "max_budget_usd": args.max_budget,
-        "dry_run": args.dry_run,
-        "force": args.force,
-        "concurrency_limit": args.concurrency_limit,
-        "simulator_time_scale": args.time_scale,
-        "settle_window_s": args.settle_window,
-    }
-    if args.state_dir:
-        values["state_dir"] = args.state_dir
-    return EditParams(**values)
+    """The run's parameters: the options given, EditParams' defaults for the rest."""
+    given = {name: value for name in RUN_OPTIONS.values() if (value := getattr(args, name)) is not None}
+    return EditParams(manifest=args.manifest, **given)
 
 
 def run_flow(params: EditParams) -> int:
