@@ -12,9 +12,10 @@ from pathlib import Path
 def prefect_server(home: Path) -> Iterator[str]:
     """A Prefect server with its own home for the duration; its API URL (for PREFECT_API_URL)."""
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_HOME, temporary_settings
+    from prefect.settings import PREFECT_HOME, PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-    with temporary_settings({PREFECT_HOME: home}):
+    # no telemetry: no host but the package registries is reachable here
+    with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         server = SubprocessASGIServer()
         server.start(timeout=180)
         try:
