@@ -39,4 +39,4 @@ def with_job_key(record: JobRecord, endpoint: str) -> JobRecord:
     """The record with its job_key set (failed records pass through)."""
     if not record.ok or record.input_sha256 is None:
         return record
-    return record.model_copy(update={"job_key": job_key(record, endpoint)})
+    return record.with_(job_key=job_key(record, endpoint))

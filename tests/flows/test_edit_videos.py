@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from klingflow.fal.urls import current_urls
 from klingflow.media.probe import probe_video
 from klingflow.media.synth import make_clip, make_image
 from klingflow.simulator import FaultConfig
@@ -46,8 +48,10 @@ async def test_batch_with_a_failing_job_reports_every_row_and_matches_the_ledger
             f"missing,Edit @Video1,{tmp_path / 'nope.mp4'},,true",
         ],
     )
+    before = (current_urls(), os.environ.get("NO_PROXY"))
     state, summary = await run_flow(fast_params(tmp_path, manifest))
 
+    assert (current_urls(), os.environ.get("NO_PROXY")) == before  # fal_client is pointed back where it was
     assert state == "FAILED"
     assert summary.statuses == {"ok-a": "succeeded", "ok-b": "succeeded", "boom": "failed", "missing": "failed"}
     report = pd.read_parquet(tmp_path / "reports").set_index("job_id")
