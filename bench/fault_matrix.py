@@ -82,6 +82,8 @@ class SeedResult:
     ledger_cost_per_prompt: dict[str, Decimal] = field(default_factory=dict)
     ledger_bills: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # prompt -> its ledger entries
     report: pd.DataFrame | None = None  # every row of every run
+    calls: dict[str, int] = field(default_factory=dict)  # route kind -> calls the simulator answered
+    faults: dict[str, int] = field(default_factory=dict)  # route kind -> faults it injected
 
     @property
     def max_bills(self) -> int:
@@ -267,6 +269,11 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path,
             if outcome.exit_code is None:
                 break
         ledger = sim.ledger()
+        counters = sim.counters()
+    result.calls = {kind: counters["calls"].get(kind, 0) for kind in ROUTE_KINDS}
+    for name, count in counters["faults"].items():
+        kind = name.split(".", 1)[0]
+        result.faults[kind] = result.faults.get(kind, 0) + count
     result.bills_per_prompt = dict(Counter(e.input["prompt"] for e in ledger))
     per_prompt: dict[str, Decimal] = defaultdict(Decimal)
     for entry in ledger:
@@ -287,7 +294,9 @@ def _format_seed(r: SeedResult) -> str:
     return (
         f"seed {r.seed}: max bills per job {r.max_bills}; succeeded after run 1 / run 2 {runs} "
         f"(expected {r.expected_succeeded}); report ${r.report_cost:.2f} vs ledger ${r.ledger_cost:.2f}; "
-        f"wall {walls}; {'ok' if r.ok else 'MISS'}"
+        f"wall {walls}; {'ok' if r.ok else 'MISS'}\n  faults injected / calls: "
+        + ", ".join(f"{kind} {r.faults.get(kind, 0)}/{r.calls.get(kind, 0)}" for kind in ROUTE_KINDS)
+        + f"; cancels fal ignored (completed, billed) {r.faults.get('job', 0)}"
     )
 
 
