@@ -153,7 +153,7 @@ async def edit_all(
             slots=RequestSlots(params.concurrency_limit, params.max_concurrency),
             uploads=uploads,
             poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
-            recent=RecentRequests(fal),
+            recent=RecentRequests(fal, get_run_logger()),
         )
         leaders: dict[str, asyncio.Future[JobRecord]] = {}
 

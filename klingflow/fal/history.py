@@ -17,6 +17,7 @@ Two uses:
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,8 +54,9 @@ async def find_by_payload(fal: FalQueue, digest: str, since_epoch: float) -> Sig
 class RecentRequests:
     """The endpoint's requests of the last 24 h (one paged read per run), to adopt work already paid for."""
 
-    def __init__(self, fal: FalQueue) -> None:
+    def __init__(self, fal: FalQueue, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self._fal = fal
+        self._log = logger or logging.getLogger(__name__)
         self._items: list[HistoryItem] | None = None
         self._lock = asyncio.Lock()
         self._digests: dict[str, str | None] = {}  # input URL -> sha256 of its bytes (None: not fetchable)
@@ -64,8 +66,13 @@ class RecentRequests:
             if self._items is None:
                 try:
                     self._items = await self._fal.history(start=datetime.now(UTC) - ADOPTION_WINDOW)
-                except FalError:
+                except FalError as exc:
                     self._items = []  # no history, no adoption: the ledger alone decides
+                    self._log.warning(
+                        "fal's request history could not be read (%s): jobs the request ledger has never seen "
+                        "are paid for without checking whether fal already did them",
+                        exc,
+                    )
             return self._items
 
     async def same_work(self, job: JobRecord) -> HistoryItem | None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
+
+import pytest
 
 from klingflow.fal.history import RecentRequests, find_by_payload
 from klingflow.fal.outcomes import Done
@@ -57,3 +60,19 @@ async def test_the_same_work_is_recognised_by_its_bytes_not_its_urls(fal: FalQue
     other = job.with_(input_path=str(other_clip), input_sha256=sha256_file(other_clip))
     assert await RecentRequests(fal).same_work(other) is None
     assert await RecentRequests(fal).same_work(job.with_(prompt="another prompt @Video1")) is None
+
+
+async def test_an_unreadable_history_adopts_nothing_and_says_what_that_risks(
+    fal: FalQueue, simulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """fal's history answers 500 on every try: no adoption, and a warning that unseen jobs are paid as new."""
+    from klingflow.simulator import FaultConfig, RouteFaults
+
+    simulator.set_faults(FaultConfig(platform=RouteFaults(http_500=1.0), retry_after_s=0))
+    recent = RecentRequests(fal, logging.getLogger("test.history"))
+    with caplog.at_level(logging.WARNING, logger="test.history"):
+        assert await recent.items() == []
+        assert await recent.items() == []  # one read per run, failed or not
+    assert simulator.counters()["faults"]["platform.http_500"] == fal.backoff.attempts
+    (record,) = caplog.records
+    assert "could not be read" in record.getMessage() and "paid for without checking" in record.getMessage()
