@@ -6,7 +6,10 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pandas as pd
 from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -16,6 +19,9 @@ from klingflow import events
 from klingflow.errors import KlingflowError
 from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
+
+if TYPE_CHECKING:
+    from flows.edit_videos import RunSummary
 
 console = Console(stderr=True)
 # Prefect gives a temporary server 20 s to start; on a busy 2-core machine its first start (migrations)
@@ -79,15 +85,43 @@ def _patient_temporary_server() -> Iterator[None]:
         yield
 
 
-def print_summary(summary) -> None:
+ERROR_WIDTH = 160  # the terminal shows the start of each error; the report has it whole
+OK_STATUSES = ("succeeded", "dry_run")
+
+
+def print_summary(summary: RunSummary) -> None:
+    """Every row of the run (by manifest row) with its status, cost and error, then the totals."""
+    rows = _report_rows(summary)
+    ready = sum(row["status"] == "dry_run" for row in rows)
+    dry_run = ready > 0  # only a dry run has dry_run rows
     table = Table(title=f"run {summary.run_id}")
-    table.add_column("job")
-    table.add_column("status")
-    for job_id, status in summary.statuses.items():
-        colour = "green" if status in ("succeeded", "dry_run") else "red"
-        table.add_row(job_id, f"[{colour}]{status}[/{colour}]")
+    for column in ("row", "job", "status", "estimate" if dry_run else "cost", "error"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        colour = "green" if row["status"] in OK_STATUSES else "red"
+        cost = row["estimated_cost_usd"] if dry_run else row["cost_usd"]
+        error = row["error"] or ""
+        table.add_row(
+            str(row["row"]),
+            row["job_id"],
+            f"[{colour}]{row['status']}[/{colour}]",
+            "" if cost is None or cost != cost else f"${cost:.2f}",  # NaN: no cost
+            error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
+        )
     Console(file=sys.stdout).print(table)
-    print(
-        f"{summary.succeeded}/{summary.jobs} succeeded, ${summary.cost_usd:.2f} billed; "
-        f"report {summary.report_path}; html {summary.html_path}"
-    )
+    if dry_run:
+        failed = f", {summary.jobs - ready} failed" if summary.jobs > ready else ""
+        estimate = f"estimate ${summary.estimated_usd:.2f}"
+        outcome = f"dry run: {ready}/{summary.jobs} job(s) ready{failed}, {estimate}; nothing was submitted"
+    else:
+        outcome = f"{summary.succeeded}/{summary.jobs} succeeded, ${summary.cost_usd:.2f} billed"
+    print(f"{outcome}; report {summary.report_path}; html {summary.html_path}")
+
+
+def _report_rows(summary: RunSummary) -> list[dict]:
+    """This run's report rows in manifest order (the report is the truth: one line per row, ids may repeat)."""
+    if not summary.report_path or not Path(summary.report_path).is_file():
+        return []
+    columns = ["row", "job_id", "status", "cost_usd", "estimated_cost_usd", "error"]
+    frame = pd.read_parquet(summary.report_path, columns=columns).sort_values("row")
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
