@@ -83,7 +83,10 @@ class SeedResult:
     ledger_bills: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # prompt -> its ledger entries
     report: pd.DataFrame | None = None  # every row of every run
     calls: dict[str, int] = field(default_factory=dict)  # route kind -> calls the simulator answered
-    faults: dict[str, int] = field(default_factory=dict)  # route kind -> faults it injected
+    faults: dict[str, int] = field(default_factory=dict)  # "kind.fault" -> times the simulator injected it
+
+    def faults_on(self, kind: str) -> int:
+        return sum(n for name, n in self.faults.items() if name.split(".", 1)[0] == kind)
 
     @property
     def max_bills(self) -> int:
@@ -271,9 +274,7 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path,
         ledger = sim.ledger()
         counters = sim.counters()
     result.calls = {kind: counters["calls"].get(kind, 0) for kind in ROUTE_KINDS}
-    for name, count in counters["faults"].items():
-        kind = name.split(".", 1)[0]
-        result.faults[kind] = result.faults.get(kind, 0) + count
+    result.faults = dict(counters["faults"])
     result.bills_per_prompt = dict(Counter(e.input["prompt"] for e in ledger))
     per_prompt: dict[str, Decimal] = defaultdict(Decimal)
     for entry in ledger:
@@ -295,8 +296,8 @@ def _format_seed(r: SeedResult) -> str:
         f"seed {r.seed}: max bills per job {r.max_bills}; succeeded after run 1 / run 2 {runs} "
         f"(expected {r.expected_succeeded}); report ${r.report_cost:.2f} vs ledger ${r.ledger_cost:.2f}; "
         f"wall {walls}; {'ok' if r.ok else 'MISS'}\n  faults injected / calls: "
-        + ", ".join(f"{kind} {r.faults.get(kind, 0)}/{r.calls.get(kind, 0)}" for kind in ROUTE_KINDS)
-        + f"; cancels fal ignored (completed, billed) {r.faults.get('job', 0)}"
+        + ", ".join(f"{kind} {r.faults_on(kind)}/{r.calls.get(kind, 0)}" for kind in ROUTE_KINDS)
+        + f"; cancels fal ignored (completed, billed) {r.faults.get('job.cancel_ignored', 0)}"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,13 +20,14 @@ from klingflow import events
 from klingflow.errors import KlingflowError
 from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
+from klingflow.report.artifacts import job_table
 
 if TYPE_CHECKING:
     from flows.edit_videos import RunSummary
 
 console = Console(stderr=True)
-# Prefect gives a temporary server 20 s to start; on a busy 2-core machine its first start (migrations)
-# was measured at 21-35 s. A run waits this long before it gives up with one clear line (exit 2).
+# Prefect gives a temporary server 20 s to start; on this 2-core machine a first start (migrations) timed
+# out at 20 s and a second took 21 s. A run waits this long before it gives up with one clear line (exit 2).
 TEMPORARY_SERVER_START_S = 180.0
 TEMPORARY_SERVER_ERROR = "ephemeral Prefect API server"
 
@@ -100,13 +102,12 @@ def print_summary(summary: RunSummary) -> None:
     for row in rows:
         colour = "green" if row["status"] in OK_STATUSES else "red"
         cost = row["estimated_cost_usd"] if dry_run else row["cost_usd"]
-        error = row["error"] or ""
         table.add_row(
             str(row["row"]),
             row["job_id"],
             f"[{colour}]{row['status']}[/{colour}]",
-            "" if cost is None or cost != cost else f"${cost:.2f}",  # NaN: no cost
-            error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…",
+            "" if cost is None else f"${cost:.2f}",
+            textwrap.shorten(row["error"] or "", ERROR_WIDTH, placeholder=" …"),
         )
     Console(file=sys.stdout).print(table)
     if dry_run:
@@ -122,6 +123,4 @@ def _report_rows(summary: RunSummary) -> list[dict]:
     """This run's report rows in manifest order (the report is the truth: one line per row, ids may repeat)."""
     if not summary.report_path or not Path(summary.report_path).is_file():
         return []
-    columns = ["row", "job_id", "status", "cost_usd", "estimated_cost_usd", "error"]
-    frame = pd.read_parquet(summary.report_path, columns=columns).sort_values("row")
-    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return sorted(job_table(pd.read_parquet(summary.report_path)), key=lambda row: row["row"])

@@ -60,7 +60,7 @@ async def cancel_outstanding_requests(flow: Any, flow_run: Any, state: Any) -> N
 async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logger: Logger) -> None:
     """Cancel (unless fal already acknowledged the run's cancel) and record what fal answers; unconfirmed
     stays resumable."""
-    asked_here = entry.cancel_requested_at is None
+    asked_here = entry.state is JobState.submitted or entry.cancel_requested_at is None
     try:
         if asked_here:
             await fal.cancel(entry.request_id or "")

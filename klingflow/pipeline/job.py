@@ -286,7 +286,7 @@ class _Driver:
                     exc,
                 )
                 return
-            self._cancel_acknowledged()
+            self._cancel_answered(reply)
             self.ctx.log.info(
                 "%s: cancel of request %s on interruption: %s", self.job.job_id, self.job.request_id, reply.value
             )
@@ -439,7 +439,7 @@ class _Driver:
         except FalTransient as exc:
             self.note += f"; the cancel failed ({exc})"
             return Event.transient
-        self._cancel_acknowledged()
+        self._cancel_answered(reply)
         self.polls_started = False
         return {
             CancelReply.requested: Event.cancel_accepted,
@@ -447,9 +447,10 @@ class _Driver:
             CancelReply.not_found: Event.not_found,
         }[reply]
 
-    def _cancel_acknowledged(self) -> None:
-        """fal answered the cancel: the hook and the next run wait for its outcome instead of sending another."""
-        if self.entry is not None:
+    def _cancel_answered(self, reply: CancelReply) -> None:
+        """fal took the cancel (or the request is already done): the hook and the next run wait for its
+        outcome instead of sending another. A request fal does not know is settled, not acknowledged."""
+        if self.entry is not None and reply is not CancelReply.not_found:
             self.entry = self.ctx.ledger.write(self.entry, cancel_requested_at=time.time())
 
     async def _settle(self) -> Event:

@@ -9,11 +9,12 @@ import pytest
 
 from flows.edit_videos import RunSummary
 from klingflow.app.runner import print_summary
+from klingflow.report.schema import REPORT_SCHEMA
 
 
 def _summary(tmp_path: Path, rows: list[dict], **totals: float) -> RunSummary:
     path = tmp_path / "run.parquet"
-    pd.DataFrame(rows).to_parquet(path)
+    pd.DataFrame(rows).reindex(columns=REPORT_SCHEMA.names).to_parquet(path)  # the columns not given are empty
     ok = sum(r["status"] == "succeeded" for r in rows)
     return RunSummary(
         run_id="r1",
@@ -53,7 +54,7 @@ def test_every_row_is_shown_with_its_cost_and_error_even_with_a_repeated_id(
     lines = [line for line in out.splitlines() if "│ " in line and ("dup" in line or " x " in line)]
     assert [line.split("│")[1].strip() for line in lines] == ["1", "2", "3"]
     assert "$1.01" in lines[0] and "file not found" in lines[1]
-    assert "a" * 400 not in out.replace("\n", "") and "…" in out
+    assert out.count("a") < 400 and "…" in out  # the long error is cut short
     assert "1/3 succeeded, $1.51 billed" in out
 
 

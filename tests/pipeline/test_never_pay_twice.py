@@ -88,7 +88,7 @@ async def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, 
         FaultConfig(
             hang_prompts_containing=["HANG"],
             retry_after_s=0,
-            cancel=RouteFaults(http_500=1.0 if refusals else 0.0, max_count=refusals or None),
+            cancel=RouteFaults(http_500=1.0, max_count=refusals) if refusals else RouteFaults(),
         )
     )
     manifest = _manifest(tmp_path, clip, [f"HANG {i} @Video1" for i in range(3)])
