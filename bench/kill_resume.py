@@ -117,7 +117,7 @@ def run(
     api_url: str | None = None,
 ) -> KillReport:
     """The kill loop; every run talks to the Prefect server at `api_url` (the kills land in the pipeline, not
-    in a temporary server's 10-35 s start-up)."""
+    in a temporary server's start-up)."""
     rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)

@@ -1,5 +1,5 @@
 """One Prefect server for a benchmark's many `klingflow run`s: runs start in seconds instead of each
-booting a temporary server (10-35 s here), so what a bench measures or kills is the pipeline."""
+booting a temporary server (10-20 s or more here), so what a bench measures or kills is the pipeline."""
 
 from __future__ import annotations
 
