@@ -1,5 +1,6 @@
 """Makespan of N one-second requests through a 2-slot Prefect global concurrency limit:
-one acquire/release per request (Prefect's `concurrency()` per job) versus klingflow's lanes.
+one acquire/release per request (Prefect's `concurrency()` per job) versus klingflow's RequestSlots
+(leases handed from job to job, one Prefect client, serialized slot calls).
 
     python bench/bench_slots.py --jobs 12 --slots 2 --repeat 3
 
@@ -32,23 +33,23 @@ async def _per_job(name: str, slots: int, jobs: int, work_s: float) -> float:
 
 
 async def _lanes(name: str, slots: int, jobs: int, work_s: float) -> float:
-    pool = RequestSlots(name, slots)
-
-    async def one() -> None:
-        async with pool.hold():
-            await asyncio.sleep(work_s)
-
     start = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(jobs)))
-    return time.monotonic() - start
+    async with RequestSlots(name, slots) as pool:
+
+        async def one() -> None:
+            async with pool.hold():
+                await asyncio.sleep(work_s)
+
+        await asyncio.gather(*(one() for _ in range(jobs)))
+        return time.monotonic() - start
 
 
 @flow(name="bench-slots")
 async def bench(jobs: int, slots: int, repeat: int, work_s: float) -> None:
     ideal = jobs / slots * work_s
-    results: dict[str, list[float]] = {"per-job acquire": [], "lanes": []}
+    results: dict[str, list[float]] = {"per-job acquire": [], "request slots": []}
     for i in range(repeat):
-        for label, fn in (("per-job acquire", _per_job), ("lanes", _lanes)):
+        for label, fn in (("per-job acquire", _per_job), ("request slots", _lanes)):
             name = f"bench-{label.replace(' ', '-')}-{i}-{time.time_ns()}"
             await ensure_global_limit(name, slots)
             results[label].append(await fn(name, slots, jobs, work_s))
@@ -56,8 +57,8 @@ async def bench(jobs: int, slots: int, repeat: int, work_s: float) -> None:
     for label, times in results.items():
         median = statistics.median(times)
         print(f"  {label:16s} median {median:6.2f} s  ratio to ideal {median / ideal:5.2f}")
-    ratio = statistics.median(results["per-job acquire"]) / statistics.median(results["lanes"])
-    print(f"  lanes are {ratio:.2f}x faster than per-job acquire")
+    ratio = statistics.median(results["per-job acquire"]) / statistics.median(results["request slots"])
+    print(f"  request slots are {ratio:.2f}x faster than per-job acquire")
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Edit stage as a Prefect task: one job at fal (upload → submit → collect → download), one task run per job.
+"""Edit stage as a Prefect task: one job at fal (upload → submit → collect → download), one task run per job
+in runs of at most `job_task_runs_max` jobs (the flow calls `edit.fn` for bigger runs and for reused jobs).
 
 A thin wrapper over klingflow.pipeline.job.run_job, which drives the job's state machine. Never retried
 by Prefect: every retry that is safe (uploads, reads, downloads) happens inside, and a blind retry of

@@ -27,11 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the edits of a manifest")
     run.add_argument("manifest", help="manifest file (.csv, .jsonl, .yaml)")
     add_run_options(run)
+    add_verbose(run)
 
     demo = sub.add_parser("demo", help="generate the demo inputs and run data/demo/manifest.csv on the simulator")
     demo.add_argument("--time-scale", type=float, default=1.0, help="simulator seconds per video second")
     demo.add_argument("--out", default="outputs", help="output directory")
     demo.add_argument("--report-dir", default="reports", help="report directory")
+    add_verbose(demo)
 
     sim = sub.add_parser("simulator", help="run the local fal simulator")
     from klingflow.simulator.cli import add_arguments as add_simulator_arguments
@@ -42,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     from klingflow.report.cli import add_arguments as add_report_arguments
 
     add_report_arguments(rep)
+
+    server = sub.add_parser("server", help="the local Prefect server klingflow runs when PREFECT_API_URL is not set")
+    server.add_argument("action", choices=["status", "start", "stop"], help="say where it is, start it, or stop it")
 
     setup = sub.add_parser("setup", help="prepare a Prefect server: concurrency limit, work pool, fal-key secret")
     from klingflow.app.setup import add_arguments as add_setup_arguments
@@ -69,7 +74,19 @@ RUN_OPTIONS: dict[str, str] = {
     "--concurrency-limit": "concurrency_limit",
     "--time-scale": "simulator_time_scale",
     "--settle-window": "settle_window_s",
+    "--fetch-timeout": "input_fetch_timeout_s",
+    "--estimate-wait": "estimate_wait_s",
+    "--task-runs-max": "job_task_runs_max",
 }
+
+
+def add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print each job's progress and fal's log lines (the Prefect run log always has them)",
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -97,18 +114,39 @@ def params_from_args(args: argparse.Namespace) -> EditParams:
     return EditParams(manifest=args.manifest, **given)
 
 
-def run_flow(params: EditParams) -> int:
+def run_flow(params: EditParams, *, verbose: bool = False) -> int:
     """Run the flow in this process with a progress bar; map its outcome to an exit code."""
     from klingflow.app.runner import run_with_progress
 
     try:
-        summary = asyncio.run(run_with_progress(params))
+        summary = asyncio.run(run_with_progress(params, verbose=verbose))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary is None:
         return EXIT_CANNOT_RUN
     return EXIT_OK if summary.all_succeeded else EXIT_JOBS_FAILED
+
+
+def run_server(action: str) -> int:
+    """`klingflow server status|start|stop` for klingflow's local Prefect server (klingflow.app.local_prefect)."""
+    from klingflow.app.local_prefect import LocalServer, LocalServerError
+
+    server = LocalServer.default()
+    if action == "stop":
+        print("stopped the local Prefect server" if server.stop() else "no local Prefect server was running")
+        return EXIT_OK
+    if action == "start":
+        try:
+            url = server.ensure()
+        except LocalServerError as exc:
+            print(f"klingflow: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+    elif (url := server.running_url()) is None:
+        print(f"no local Prefect server is running (it starts with the first `klingflow run`; files in {server.root})")
+        return EXIT_OK
+    print(f"local Prefect server: API {url}, UI {url.removesuffix('/api')} (files in {server.root})")
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -122,15 +160,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"klingflow: {exc}", file=sys.stderr)
             return EXIT_CANNOT_RUN
-        return run_flow(params)
+        return run_flow(params, verbose=args.verbose)
     if args.command == "demo":
         from klingflow.app.demo import run_demo
 
-        return run_demo(time_scale=args.time_scale, output_dir=args.out, report_dir=args.report_dir)
+        return run_demo(
+            time_scale=args.time_scale, output_dir=args.out, report_dir=args.report_dir, verbose=args.verbose
+        )
     if args.command == "simulator":
         from klingflow.simulator.cli import run as run_simulator
 
         return run_simulator(args)
+    if args.command == "server":
+        return run_server(args.action)
     if args.command == "setup":
         from klingflow.app.setup import run as run_setup
 

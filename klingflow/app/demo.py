@@ -28,7 +28,9 @@ def ensure_demo_media(media: Path = DEMO_DIR / "media") -> Path:
     return media
 
 
-def run_demo(*, time_scale: float = 1.0, output_dir: str = "outputs", report_dir: str = "reports") -> int:
+def run_demo(
+    *, time_scale: float = 1.0, output_dir: str = "outputs", report_dir: str = "reports", verbose: bool = False
+) -> int:
     """Generate inputs, run the demo manifest on the embedded simulator, print the reconciliation."""
     from klingflow.app.cli import EXIT_CANNOT_RUN, EXIT_JOBS_FAILED, EXIT_OK
     from klingflow.app.runner import run_with_progress
@@ -39,11 +41,9 @@ def run_demo(*, time_scale: float = 1.0, output_dir: str = "outputs", report_dir
         backend=Backend.simulator,
         output_dir=output_dir,
         report_dir=report_dir,
-        poll_interval_s=1.0,
-        poll_max_interval_s=5.0,
         simulator_time_scale=time_scale,
     )
-    summary = asyncio.run(run_with_progress(params))
+    summary = asyncio.run(run_with_progress(params, verbose=verbose))
     if summary is None:
         return EXIT_CANNOT_RUN
     print(reconcile(summary.report_path, Path(params.state_dir).expanduser() / "simulator"))

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import textwrap
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
-from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from klingflow import events
+from klingflow.app.local_prefect import LocalServerError, prefect_api
+from klingflow.app.terminal import logs_above
 from klingflow.errors import KlingflowError
 from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
@@ -26,13 +24,9 @@ if TYPE_CHECKING:
     from flows.edit_videos import RunSummary
 
 console = Console(stderr=True)
-# Prefect gives a temporary server 20 s to start; on this 2-core machine a first start (migrations) timed
-# out at 20 s and a second took 21 s. A run waits this long before it gives up with one clear line (exit 2).
-TEMPORARY_SERVER_START_S = 180.0
-TEMPORARY_SERVER_ERROR = "ephemeral Prefect API server"
 
 
-async def run_with_progress(params: EditParams):
+async def run_with_progress(params: EditParams, *, verbose: bool = False):
     """Run `edit_videos`; None when the run could not start (the reason is printed)."""
     from flows.edit_videos import RunSummary, edit_videos
 
@@ -56,16 +50,10 @@ async def run_with_progress(params: EditParams):
 
         unsubscribe = events.subscribe(advance)
         try:
-            with _patient_temporary_server():
+            with prefect_api(), logs_above(bar.console, verbose=verbose):
                 state = await edit_videos(params, return_state=True)
-        except RuntimeError as exc:
-            if TEMPORARY_SERVER_ERROR not in str(exc):
-                raise
-            console.print(
-                f"[red]klingflow: the temporary Prefect server did not start within "
-                f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value():.0f} s; start one (`prefect server "
-                "start`) and set PREFECT_API_URL, or raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS[/red]"
-            )
+        except LocalServerError as exc:
+            console.print(f"[red]klingflow: {exc}[/red]")
             return None
         finally:
             unsubscribe()
@@ -75,16 +63,6 @@ async def run_with_progress(params: EditParams):
         return None
     print_summary(summary)
     return summary
-
-
-@contextmanager
-def _patient_temporary_server() -> Iterator[None]:
-    """Give a temporary Prefect server time to start (unless the user chose a timeout); restored after."""
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ:
-        yield
-        return
-    with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: TEMPORARY_SERVER_START_S}):
-        yield
 
 
 ERROR_WIDTH = 160  # the terminal shows the start of each error; the report has it whole

@@ -1,8 +1,9 @@
 """`klingflow setup`: prepare a Prefect server for klingflow's deployments (idempotent; run it again any time).
 
-Creates or updates the global concurrency limit that caps requests in flight at fal across every
-worker, creates the process work pool the deployments in prefect.yaml target, optionally stores
-the fal key as the Prefect Secret block `fal-key` (read from the FAL_KEY environment variable so it
+Creates the global concurrency limit that caps requests in flight at fal across every worker, or
+raises it (an existing higher limit is kept unless `--lower`: other runs may rely on it), creates
+the process work pool the deployments in prefect.yaml target, optionally stores the fal key as the
+Prefect Secret block `fal-key` (read from the FAL_KEY environment variable so it
 never appears in shell history, parameters or logs), and generates the demo media the ad-hoc
 deployment's default manifest points at.
 
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from klingflow.app.local_prefect import prefect_api
 from klingflow.fal.backend import FAL_KEY_SECRET_BLOCK, key_fingerprint
 
 DEFAULT_LIMIT_NAME = "klingflow-fal"
@@ -41,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_LIMIT_NAME,
         help=f"global concurrency limit (default {DEFAULT_LIMIT_NAME}; the flows' concurrency_limit)",
     )
+    parser.add_argument(
+        "--lower",
+        action="store_true",
+        help="allow lowering an existing limit to --concurrency (without it, a higher limit is kept)",
+    )
     parser.add_argument("--pool", default=DEFAULT_POOL, help=f"process work pool name (default {DEFAULT_POOL})")
     parser.add_argument(
         "--fal-key-from-env",
@@ -55,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Apply the setup to the Prefect server at PREFECT_API_URL; 0 when done, 2 when it cannot."""
+    """Apply the setup to the Prefect server at PREFECT_API_URL (else klingflow's local server); 0 when done,
+    2 when it cannot."""
     if args.concurrency < 1:
         print("setup: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_CANNOT_RUN
@@ -63,12 +71,13 @@ def run(args: argparse.Namespace) -> int:
     if args.fal_key_from_env and not key:
         print("setup: --fal-key-from-env given but FAL_KEY is not set", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    print(f"setup: Prefect API {_api_url()}")
     try:
-        print(asyncio.run(ensure_limit(args.limit_name, args.concurrency)))
-        print(asyncio.run(ensure_work_pool(args.pool)))
-        if key:
-            print(save_fal_key(key))
+        with prefect_api() as local:
+            print(f"setup: Prefect API {_api_url()}{' (klingflow local server)' if local else ''}")
+            print(asyncio.run(ensure_limit(args.limit_name, args.concurrency, lower=args.lower)))
+            print(asyncio.run(ensure_work_pool(args.pool)))
+            if key:
+                print(save_fal_key(key))
     except Exception as exc:  # noqa: BLE001 - report any server/API failure as one line and a non-zero exit
         print(f"setup: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
@@ -82,12 +91,14 @@ def run(args: argparse.Namespace) -> int:
 def _api_url() -> str:
     from prefect.settings import PREFECT_API_URL
 
-    url = PREFECT_API_URL.value()
-    return url or "not set (an ephemeral server on this machine's ~/.prefect database; set PREFECT_API_URL)"
+    return str(PREFECT_API_URL.value())
 
 
-async def ensure_limit(name: str, limit: int) -> str:
-    """Create the global concurrency limit, or set an existing one to `limit` and make it active."""
+async def ensure_limit(name: str, limit: int, *, lower: bool = False) -> str:
+    """Create the global concurrency limit, or raise an existing one to `limit` and make it active.
+
+    An existing higher limit is kept unless `lower`: other runs and workers may rely on it.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectNotFound
@@ -98,10 +109,12 @@ async def ensure_limit(name: str, limit: int) -> str:
         except ObjectNotFound:
             await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
             return f"setup: created global concurrency limit {name!r} = {limit}"
-        if existing.limit == limit and existing.active:
-            return f"setup: global concurrency limit {name!r} = {limit} (unchanged)"
-        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
-        return f"setup: global concurrency limit {name!r}: {existing.limit} -> {limit}"
+        wanted = limit if lower or limit > existing.limit else existing.limit
+        note = f"; kept, not lowered to {limit} (pass --lower to lower it)" if wanted != limit else ""
+        if existing.limit == wanted and existing.active:
+            return f"setup: global concurrency limit {name!r} = {wanted} (unchanged{note})"
+        await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=wanted, active=True))
+        return f"setup: global concurrency limit {name!r}: {existing.limit} -> {wanted}{note}"
 
 
 async def ensure_work_pool(name: str) -> str:

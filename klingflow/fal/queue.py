@@ -51,6 +51,10 @@ T = TypeVar("T")
 TIMEOUT = httpx.Timeout(120.0, connect=15.0)
 SUBMIT_CONNECT_RETRIES = 8
 READ_ATTEMPTS = 5
+# Idle connections kept open. httpcore checks every idle connection's socket on each request it queues
+# or finishes (measured: 25% of a 1,000-job run's CPU with 50 kept); requests last milliseconds, so a
+# few connections serve 50 jobs' polls, and a burst opens more for the moment.
+KEEPALIVE = 8
 HISTORY_PAGE = 100
 HISTORY_MAX_PAGES = 20
 
@@ -121,7 +125,7 @@ class FalQueue:
         self._http = httpx.AsyncClient(
             timeout=TIMEOUT,
             headers={"User-Agent": f"klingflow/{__version__}"},
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=KEEPALIVE),
             trust_env=self.target.kind is Backend.fal,  # loopback traffic never goes through a proxy
         )
         self._uploader = fal_client.AsyncClient(key=self.key)
@@ -289,14 +293,16 @@ class FalQueue:
         return await self._retrying(once, attempts)
 
     async def history(
-        self, *, start: datetime, request_id: str | None = None, payloads: bool = True
+        self, *, start: datetime, end: datetime | None = None, request_id: str | None = None, payloads: bool = True
     ) -> list[HistoryItem]:
-        """The endpoint's requests in fal's request history since `start` (all pages, bounded)."""
+        """The endpoint's requests in fal's request history sent in [start, end) (all pages, bounded)."""
         params: dict[str, Any] = {
             "endpoint_id": self.endpoint,
             "start": start.isoformat(timespec="seconds"),
             "limit": HISTORY_PAGE,
         }
+        if end is not None:
+            params["end"] = end.isoformat(timespec="seconds")
         if payloads:
             params["expand"] = "payloads"
         if request_id:

@@ -1,34 +1,55 @@
-"""The cap on requests in flight at fal: a Prefect global concurrency limit, held in lanes.
+"""The cap on requests in flight at fal: this run's own cap, and a Prefect global concurrency limit across runs.
 
-The global limit (GCL) holds across workers and flow runs; it is created if missing and always
-used with strict=True (Prefect's default silently runs unlimited when the limit does not exist).
+A slot is held from submit until the request ends. Two gates, because they cost differently:
+- an asyncio semaphore of `size` caps this run (free, instant hand-over from one job to the next);
+- the global limit (GCL) caps every run and worker together. Its slots are taken as short leases
+  (`LEASE_S`, Prefect's minimum) through the run's one Prefect client, renewed by one task for all of
+  them, so a run killed with -9 holds its slots for at most a lease — once the Prefect server's
+  services (the lease repossessor) run. A lease a job is done with goes to the next job of this run,
+  and back to the limit only after `IDLE_S` without one: Prefect's waiters poll (Retry-After), and a
+  release is not instant, so taking a slot again for every job would cost seconds each.
 
-A slot is held from submit until the request ends. Releasing a slot and acquiring it again for
-the next job costs seconds here: Prefect's waiters back off (Retry-After) and a release is not
-seen at once (measured: 6 one-second jobs through 2 slots took 5.2-7.1 s instead of 3 s). So this
-run holds its slots in *lanes*: each lane acquires one GCL slot through Prefect's public
-`concurrency()` and hands it from one job to the next while jobs are waiting, releasing it only
-when it runs out of work. The cap is unchanged (one request per lane, one lane per slot).
+The limit must exist (`ensure_global_limit`): a missing limit is an error, never "unlimited". A run
+waiting for the GCL says so every `WAIT_LOG_S` seconds, with the limit and who holds its slots.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-from collections import deque
+import contextlib
+import logging
+import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
+from uuid import UUID
 
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.asyncio import concurrency
-from prefect.exceptions import ObjectNotFound
+import httpx
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from klingflow.errors import BackendError
+
+LEASE_S = 60.0  # Prefect's minimum lease: the longest a dead run's slot stays taken before the server frees it
+RENEW_EVERY_S = LEASE_S / 4
+WAIT_LOG_S = 30.0
+IDLE_S = 3.0  # a lease no job of this run needed for this long goes back to the limit
+MAX_RETRY_S = 5.0  # poll a busy limit at least this often (Prefect may suggest up to 30 s)
+SERVER_ERROR_PATIENCE_S = 300.0  # a Prefect server answering errors (e.g. SQLite "database is locked") this long
 
 
-async def ensure_global_limit(name: str, limit: int) -> int:
+class SlotError(BackendError):
+    """No slot of the global concurrency limit could be had (missing limit, Prefect server failing)."""
+
+
+async def ensure_global_limit(name: str, limit: int, *, raise_to: bool = False) -> int:
     """Create the global concurrency limit if missing; return the limit in force.
 
-    An existing limit is left as it is (another run or an operator set it for all workers).
+    An existing limit is left as it is (another run or an operator set it for all workers) unless
+    `raise_to` asks to raise it to `limit`; it is never lowered.
     """
     async with get_client() as client:
         try:
@@ -36,68 +57,210 @@ async def ensure_global_limit(name: str, limit: int) -> int:
         except ObjectNotFound:
             await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
             return limit
+        if raise_to and existing.limit < limit:
+            await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
+            return limit
         return existing.limit
 
 
-class _Ticket:
-    """One job waiting for a slot: `go` resolves when a lane has one for it, `done` when it is finished."""
-
-    def __init__(self) -> None:
-        self.go: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.done = asyncio.Event()
-
-
 class RequestSlots:
-    """`async with slots.hold():` around the life of one request at fal; at most `size` at once."""
+    """`async with RequestSlots(...) as slots:` for a run, `async with slots.hold():` around one request."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        *,
+        holder: UUID | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
         self.name = name
         self.size = size
-        # Lanes run in the context the slots were made in (the flow's), never a task run's: a slot held
-        # for a task run would be tied to that task run, and outlive-or-end with it rather than the lane.
-        self._context = contextvars.copy_context()
-        self._queue: deque[_Ticket] = deque()
-        self._lanes = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._holder = ConcurrencyLeaseHolder(type="flow_run", id=holder) if holder else None
+        self._log = log or logging.getLogger("klingflow.slots")
+        self._local = asyncio.Semaphore(size)
+        self._idle: dict[UUID, asyncio.TimerHandle] = {}  # leases no job holds, each given back when its timer fires
+        self._held: set[UUID] = set()
+        self._client: PrefectClient | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._releases: set[asyncio.Task[None]] = set()
+        # one slot call at a time: measured on a SQLite server, 20 concurrent acquisitions took 6.7 s
+        # (the server's transactions fight for the database lock), 20 in sequence 0.13 s
+        self._api = asyncio.Lock()
 
+    # --- run lifecycle --------------------------------------------------------------------------------
+    async def __aenter__(self) -> RequestSlots:
+        self._client = await get_client().__aenter__()
+        self._renewer = asyncio.create_task(self._renew_forever(), name=f"renew-{self.name}")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Give every lease back (shielded: a stopping run must not leave slots taken)."""
+        if self._renewer is not None:
+            self._renewer.cancel()
+        for timer in self._idle.values():
+            timer.cancel()
+        self._idle.clear()
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._release_all())
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self._client.__aexit__(None, None, None)
+            self._client = None
+
+    async def warm(self, jobs: int) -> None:
+        """Take up to min(jobs, size) leases now, while the Prefect server is quiet: once a run's task runs
+        start, their state events keep a SQLite server busy, and the first lease took 2.4 s (measured).
+        Stops at the first full answer: slots other runs hold are waited for by the jobs themselves."""
+        loop = asyncio.get_running_loop()
+        for _ in range(min(jobs, self.size) - len(self._held)):
+            try:
+                lease = await self._try_acquire()
+            except (_Busy, PrefectHTTPStatusError, httpx.HTTPError):
+                return
+            self._held.add(lease)
+            self._idle[lease] = loop.call_later(IDLE_S, self._give_back, lease)
+
+    async def _release_all(self) -> None:
+        await asyncio.gather(*self._releases, return_exceptions=True)
+        await asyncio.gather(*(self._release(lease) for lease in list(self._held)), return_exceptions=True)
+
+    @property
+    def client(self) -> PrefectClient:
+        if self._client is None:
+            raise SlotError("request slots are not open (use `async with RequestSlots(...)`)")
+        return self._client
+
+    # --- one request ----------------------------------------------------------------------------------
     @asynccontextmanager
     async def hold(self) -> AsyncIterator[None]:
-        ticket = _Ticket()
-        self._queue.append(ticket)
-        if self._lanes < self.size:
-            self._lanes += 1
-            task = asyncio.create_task(self._lane(), context=self._context.copy())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        await self._local.acquire()
         try:
-            await ticket.go
+            lease = self._take_idle() or await self._acquire()
+        except BaseException:
+            self._local.release()
+            raise
+        try:
             yield
         finally:
-            ticket.done.set()
+            self._idle[lease] = asyncio.get_running_loop().call_later(IDLE_S, self._give_back, lease)
+            self._local.release()
 
-    async def _lane(self) -> None:
-        """Hold one GCL slot and serve waiting tickets one after another until none is left."""
-        counted = True
+    def _take_idle(self) -> UUID | None:
+        if not self._idle:
+            return None
+        lease, timer = self._idle.popitem()
+        timer.cancel()
+        return lease
+
+    def _give_back(self, lease: UUID) -> None:
+        if self._idle.pop(lease, None) is not None:
+            self._release_soon(lease)
+
+    async def _acquire(self) -> UUID:
+        """One GCL slot as a lease: retried while the limit is full or the server is struggling."""
+        started = last_log = time.monotonic()
+        failing_since: float | None = None
+        while True:
+            try:
+                lease = await self._try_acquire()
+            except _Busy as busy:
+                failing_since = None
+                if time.monotonic() - last_log >= WAIT_LOG_S:
+                    last_log = time.monotonic()
+                    self._log.warning(await self._waiting_note(time.monotonic() - started))
+                await asyncio.sleep(min(MAX_RETRY_S, busy.retry_after_s) * random.uniform(0.5, 1.0))  # noqa: S311
+                continue
+            except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+                if _refused(exc):
+                    raise SlotError(f"the Prefect server refused a slot of {self.name!r}: {exc}") from exc
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > SERVER_ERROR_PATIENCE_S:
+                    raise SlotError(f"the Prefect server kept failing slot requests for {self.name!r}: {exc}") from exc
+                await asyncio.sleep(random.uniform(0.5, 2.0))  # noqa: S311
+                continue
+            self._held.add(lease)
+            return lease
+
+    async def _try_acquire(self) -> UUID:
         try:
-            async with concurrency(self.name, occupy=1, strict=True):
-                while True:
-                    ticket = self._next_ticket()
-                    if ticket is None:
-                        self._lanes -= 1  # before the release awaits: a new job now starts a new lane
-                        counted = False
-                        return
-                    ticket.go.set_result(None)
-                    await ticket.done.wait()
-        except Exception as exc:  # noqa: BLE001 - e.g. the limit vanished: the waiting jobs get the error
-            while (ticket := self._next_ticket()) is not None:
-                ticket.go.set_exception(exc)
-        finally:
-            if counted:
-                self._lanes -= 1
+            async with self._api:
+                response = await self.client.increment_concurrency_slots_with_lease(
+                    names=[self.name], slots=1, mode="concurrency", lease_duration=LEASE_S, holder=self._holder
+                )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                raise _Busy(_retry_after(exc.response)) from exc
+            raise
+        body = response.json()
+        if not body.get("limits"):  # Prefect grants a slot of a limit that does not exist: never run unlimited
+            with contextlib.suppress(Exception):
+                async with self._api:
+                    await self.client.release_concurrency_slots_with_lease(UUID(body["lease_id"]))
+            raise SlotError(
+                f"the global concurrency limit {self.name!r} does not exist; it must be created first "
+                f"(`klingflow setup` or `prefect gcl create {self.name} --limit N`)"
+            )
+        return UUID(body["lease_id"])
 
-    def _next_ticket(self) -> _Ticket | None:
-        while self._queue:
-            ticket = self._queue.popleft()
-            if not ticket.go.done():  # skip jobs cancelled while waiting
-                return ticket
-        return None
+    async def _waiting_note(self, waited_s: float) -> str:
+        try:
+            limit = await self.client.read_global_concurrency_limit_by_name(self.name)
+            state = f"limit {limit.limit}, {limit.active_slots} slot(s) active"
+        except Exception:  # noqa: BLE001 - the note is advice; the wait goes on
+            state = "its state could not be read"
+        return (
+            f"waiting {waited_s:.0f} s for a slot of global concurrency limit {self.name!r} ({state}; this run "
+            f"holds {len(self._held)}, the others are held by other runs or workers). A run that was killed "
+            f"frees its slots within {LEASE_S:.0f} s when the Prefect server runs its services; see "
+            f"`prefect gcl inspect {self.name}`"
+        )
+
+    # --- leases ---------------------------------------------------------------------------------------
+    def _release_soon(self, lease: UUID) -> None:
+        task = asyncio.create_task(self._release(lease))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
+    async def _release(self, lease: UUID) -> None:
+        self._held.discard(lease)
+        for attempt in range(5):
+            try:
+                async with self._api:
+                    await self.client.release_concurrency_slots_with_lease(lease)
+                return
+            except Exception:  # noqa: BLE001 - retried; an unreleased lease expires on its own
+                await asyncio.sleep(0.5 * 2**attempt)
+        self._log.warning("could not give back a slot of %r; it frees itself within %.0f s", self.name, LEASE_S)
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_EVERY_S)
+            for lease in list(self._held):
+                try:
+                    async with self._api:
+                        await self.client.renew_concurrency_lease(lease, lease_duration=LEASE_S)
+                except Exception as exc:  # noqa: BLE001 - the next round tries again, well within the lease
+                    self._log.warning("could not renew a slot lease of %r: %s", self.name, exc)
+
+
+class _Busy(Exception):
+    """The limit is full (HTTP 423); try again after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+
+
+def _refused(exc: Exception) -> bool:
+    """A 4xx that waiting will not change (e.g. a limit of 0); 408 and 429 are worth waiting out."""
+    code = exc.response.status_code if isinstance(exc, PrefectHTTPStatusError) else 0
+    return 400 <= code < 500 and code not in (408, 429)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return max(0.1, float(response.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return 1.0

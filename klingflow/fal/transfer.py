@@ -35,7 +35,7 @@ async def stream_to_file(client: httpx.AsyncClient, url: str, path: Path, *, max
                         raise DownloadError(f"larger than {max_bytes} bytes", too_large=True)
                     fh.write(chunk)
                 fh.flush()
-                os.fsync(fh.fileno())
+                await asyncio.to_thread(os.fsync, fh.fileno())  # a disk wait: never on the event loop
     except httpx.HTTPError as exc:
         path.unlink(missing_ok=True)
         raise DownloadError(f"{exc.__class__.__name__}: {exc}", retryable=True) from exc
@@ -45,11 +45,20 @@ async def stream_to_file(client: httpx.AsyncClient, url: str, path: Path, *, max
     return size
 
 
-def download_sync(url: str, path: Path, *, timeout_s: float, max_bytes: int | None = None) -> int:
-    """`stream_to_file` for a thread without an event loop (preprocessing's worker threads)."""
+def download_sync(
+    url: str, path: Path, *, timeout_s: float, deadline_s: float | None = None, max_bytes: int | None = None
+) -> int:
+    """`stream_to_file` for a thread without an event loop (preprocessing's worker threads).
+
+    `timeout_s` bounds each network wait; `deadline_s` the whole transfer (a server trickling bytes never
+    trips a per-read timeout)."""
 
     async def fetch() -> int:
         async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
-            return await stream_to_file(client, url, path, max_bytes=max_bytes)
+            return await asyncio.wait_for(stream_to_file(client, url, path, max_bytes=max_bytes), deadline_s)
 
-    return asyncio.run(fetch())
+    try:
+        return asyncio.run(fetch())
+    except TimeoutError as exc:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"not complete after {deadline_s:.0f} s", retryable=True) from exc

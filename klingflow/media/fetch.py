@@ -34,7 +34,7 @@ def part_path(out: Path, suffix: str = "") -> Path:
     return out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.part{suffix}")
 
 
-def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> Path:
+def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int, deadline_s: float | None = None) -> Path:
     """Stream a URL to dest_dir, named by the URL's hash and keeping its extension.
 
     Runs its own event loop: preprocessing calls this from worker threads that have none.
@@ -44,7 +44,7 @@ def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int) -> P
     out = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
     tmp = part_path(out)
     try:
-        download_sync(url, tmp, timeout_s=timeout_s, max_bytes=max_bytes)  # removes tmp on any failure
+        download_sync(url, tmp, timeout_s=timeout_s, deadline_s=deadline_s, max_bytes=max_bytes)  # tmp gone on failure
     except DownloadError as exc:
         reason = f"is larger than {max_bytes} bytes" if exc.too_large else f"failed: {exc}"
         raise MediaError(f"download {reason}") from exc

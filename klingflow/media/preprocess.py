@@ -40,7 +40,7 @@ from klingflow.media.fetch import check_local, download, is_url, part_path
 from klingflow.media.ffmpeg import ffmpeg_args, run_ffmpeg
 from klingflow.media.images import image_fixes, image_problems, normalize_image, probe_image
 from klingflow.media.plan import Plan, PlanOptions, endpoint_problems, plan_video
-from klingflow.media.probe import VideoProbe, probe_video
+from klingflow.media.probe import VideoProbe, probe_source, probe_video
 from klingflow.models import AspectPolicy, EditParams, ElementSpec, JobRecord, Stage, TooLongPolicy, TooShortPolicy
 
 __all__ = [
@@ -74,7 +74,8 @@ class PreprocessSettings(BaseModel):
     max_video_bytes: int = Field(MAX_VIDEO_BYTES, gt=0, le=MAX_VIDEO_BYTES, description="lower only for tests")
     size_margin: float = Field(0.9, gt=0.5, le=1.0, description="share of max_video_bytes a transcode aims at")
     transcode_timeout_s: float = Field(1800.0, gt=0)
-    download_timeout_s: float = Field(300.0, gt=0)
+    download_timeout_s: float = Field(300.0, gt=0, description="longest network wait of an input's download")
+    download_deadline_s: float = Field(600.0, gt=0, description="longest an input's whole download may take")
     max_download_bytes: int = Field(4 * 10**9, gt=0)
 
     @classmethod
@@ -84,6 +85,7 @@ class PreprocessSettings(BaseModel):
             too_long=params.too_long,
             too_short=params.too_short,
             extreme_aspect=params.extreme_aspect,
+            download_deadline_s=params.input_fetch_timeout_s,
         )
 
     def plan_options(self, keep_audio: bool) -> PlanOptions:
@@ -127,7 +129,13 @@ def _as_job_error(record: JobRecord, path: str | None) -> Iterator[None]:
 def _localize(location: str, settings: PreprocessSettings, kind: str) -> Path:
     if is_url(location):
         dest = Path(settings.work_dir) / "downloads" / kind
-        return download(location, dest, timeout_s=settings.download_timeout_s, max_bytes=settings.max_download_bytes)
+        return download(
+            location,
+            dest,
+            timeout_s=settings.download_timeout_s,
+            deadline_s=settings.download_deadline_s,
+            max_bytes=settings.max_download_bytes,
+        )
     return check_local(location)
 
 
@@ -249,7 +257,7 @@ def _prepare_video(record: JobRecord, settings: PreprocessSettings) -> tuple[Vid
         raise _job_error(record, "no video given (the endpoint requires one)")
     with _as_job_error(record, record.video):
         src = _localize(record.video, settings, "videos")
-        probe = probe_video(src)
+        probe = probe_source(src)
         source_sha = sha256_file(src)
         prepared = _normalize(src, probe, source_sha, record, settings)
     return probe, source_sha, prepared

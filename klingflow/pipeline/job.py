@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from klingflow.detail import DETAIL
 from klingflow.endpoint import cost_usd
 from klingflow.errors import FalError, FalRejected, FalTransient
 from klingflow.fal.history import RecentRequests, find_by_payload
@@ -32,7 +33,7 @@ from klingflow.fal.outcomes import (
     Running,
 )
 from klingflow.fal.queue import FalQueue
-from klingflow.fal.slots import RequestSlots
+from klingflow.fal.slots import RequestSlots, SlotError
 from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
 from klingflow.fal.uploads import UploadCache, upload_job
 from klingflow.ledger.budget import Budget
@@ -250,7 +251,10 @@ class _Driver:
             holding = False
             while action not in (Action.stop, Action.resume_later):
                 if action in AT_FAL and not holding:
-                    await slot.enter_async_context(self.ctx.slots.hold())
+                    try:
+                        await slot.enter_async_context(self.ctx.slots.hold())
+                    except SlotError as exc:
+                        return self._no_slot(action, exc)
                     holding = True
                 elif action not in AT_FAL and holding:
                     await slot.aclose()
@@ -341,7 +345,7 @@ class _Driver:
             now = datetime.now(UTC)
             self.job = self.job.with_(request_id=outcome.request_id, submitted_at=now)
             self.entry = self.ctx.ledger.write(self.entry, submitted_at=now.timestamp())
-            self.ctx.log.info("%s: submitted as request %s", self.job.job_id, outcome.request_id)
+            self.ctx.log.info("%s: submitted as request %s", self.job.job_id, outcome.request_id, extra=DETAIL)
             return Event.accepted
         self.note = outcome.reason
         if isinstance(outcome, Rejected):
@@ -374,7 +378,7 @@ class _Driver:
         if isinstance(status, Queued):
             if status.position != self.last_position:
                 self.last_position = status.position
-                self.ctx.log.info("%s: in queue at position %s", self.job.job_id, status.position)
+                self.ctx.log.info("%s: in queue at position %s", self.job.job_id, status.position, extra=DETAIL)
             return Event.queued
         self._forward_logs(status.logs)
         if self.job.started_at is None:
@@ -398,8 +402,10 @@ class _Driver:
         return submitted.timestamp() + self.ctx.poll.timeout_s
 
     def _forward_logs(self, logs: tuple[dict[str, Any], ...]) -> None:
-        for line in logs[self.logs_seen :]:
-            self.ctx.log.debug("%s: [fal] %s", self.job.job_id, line.get("message", line))
+        """fal's new log lines since the last poll, as one run-log record (each record costs the API a row)."""
+        new = [str(line.get("message", line)) for line in logs[self.logs_seen :]]
+        if new:
+            self.ctx.log.info("%s: [fal] %s", self.job.job_id, "\n".join(new), extra=DETAIL)
         self.logs_seen = max(self.logs_seen, len(logs))
 
     async def _fetch_result(self) -> Event:
@@ -517,7 +523,12 @@ class _Driver:
         if done.status is JobStatus.succeeded:
             self.job = done
             self.ctx.log.info(
-                "%s: %s (%.2f s, $%.2f)", done.job_id, done.output_path, done.output_duration_s or 0, done.cost_usd or 0
+                "%s: %s (%.2f s, $%.2f)",
+                done.job_id,
+                done.output_path,
+                done.output_duration_s or 0,
+                done.cost_usd or 0,
+                extra=DETAIL,
             )
             return Event.downloaded
         self.job = done.with_(
@@ -536,6 +547,16 @@ class _Driver:
         return Event.transient
 
     # --- the row ------------------------------------------------------------------------------------
+    def _no_slot(self, action: Action, exc: SlotError) -> JobRecord:
+        """No slot could be had: nothing more was sent to fal; a request it has is collected next run."""
+        self.ctx.budget.settle(self.reserved, self.job.cost_usd or 0.0)
+        if action is Action.submit and not may_have_request(self.entry.state if self.entry else JobState.planned):
+            return self.job.fail(Stage.submit, f"not submitted: {exc}")
+        return self.job.fail(
+            Stage.collect_unreachable,
+            f"{exc}; the request stays recorded and the next run collects it without paying again",
+        )
+
     def _finish(self, state: JobState) -> JobRecord:
         job = self.job
         self.ctx.budget.settle(self.reserved, job.cost_usd or 0.0)

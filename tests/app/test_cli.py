@@ -35,6 +35,9 @@ def test_every_option_sets_its_field() -> None:
         "--concurrency-limit=team-a",
         "--time-scale=0.5",
         "--settle-window=60",
+        "--fetch-timeout=30",
+        "--estimate-wait=2.5",
+        "--task-runs-max=5",
     )
     assert params.model_dump(mode="json", include=set(RUN_OPTIONS.values())) == {
         "backend": "simulator",
@@ -54,6 +57,9 @@ def test_every_option_sets_its_field() -> None:
         "concurrency_limit": "team-a",
         "simulator_time_scale": 0.5,
         "settle_window_s": 60.0,
+        "input_fetch_timeout_s": 30.0,
+        "estimate_wait_s": 2.5,
+        "job_task_runs_max": 5,
     }
 
 

@@ -1,75 +1,143 @@
-"""Request slots: lanes over a Prefect global concurrency limit (strict, created if missing)."""
+"""Request slots: this run's cap plus leases of a Prefect global concurrency limit (strict, created if missing)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 
 import pytest
+from prefect.client.orchestration import get_client
 
-from klingflow.fal.slots import RequestSlots, ensure_global_limit
+from klingflow.fal import slots as slots_module
+from klingflow.fal.slots import RequestSlots, SlotError, ensure_global_limit
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-async def test_limit_is_created_once_and_then_left_alone() -> None:
-    """A missing limit is created with the run's size; an existing one keeps its own."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
+def _name() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+async def _active(name: str) -> int:
+    async with get_client() as client:
+        return (await client.read_global_concurrency_limit_by_name(name)).active_slots
+
+
+async def test_limit_is_created_once_and_never_lowered() -> None:
+    """A missing limit is created with the run's size; an existing one keeps its own unless raised on request."""
+    name = _name()
     assert await ensure_global_limit(name, 3) == 3
     assert await ensure_global_limit(name, 7) == 3
+    assert await ensure_global_limit(name, 2, raise_to=True) == 3
+    assert await ensure_global_limit(name, 7, raise_to=True) == 7
 
 
 async def test_never_more_than_size_at_once_and_every_job_runs() -> None:
-    """Ten jobs through two slots: at most two hold a slot at any moment, all ten run."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
+    """Ten jobs through two slots: at most two hold a slot at any moment, all ten run, and the run's
+    exit gives every slot back."""
+    name = _name()
     await ensure_global_limit(name, 2)
-    slots = RequestSlots(name, 2)
-    active, peak, ran = 0, 0, 0
+    active, peak, ran, seen = 0, 0, 0, []
 
-    async def job() -> None:
+    async def job(slots: RequestSlots) -> None:
         nonlocal active, peak, ran
         async with slots.hold():
             active += 1
             peak = max(peak, active)
+            seen.append(await _active(name))
             await asyncio.sleep(0.05)
             active -= 1
             ran += 1
 
-    await asyncio.gather(*(job() for _ in range(10)))
-    assert peak <= 2  # 2 when the second slot is granted in time; Prefect may delay it (never exceed it)
-    assert ran == 10
+    async with RequestSlots(name, 2) as slots:
+        await asyncio.gather(*(job(slots) for _ in range(10)))
+    assert peak == 2 and ran == 10
+    assert max(seen) <= 2  # the global limit never saw more than its size
+    assert await _active(name) == 0
+
+
+async def test_the_global_limit_caps_two_runs_together() -> None:
+    """Two runs of size 2 on a limit of 2: together never more than 2 slots at the server."""
+    name = _name()
+    await ensure_global_limit(name, 2)
+    inside, peak = 0, 0
+
+    async def job(slots: RequestSlots) -> None:
+        nonlocal inside, peak
+        async with slots.hold():
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.1)
+            inside -= 1
+
+    async def run() -> None:
+        async with RequestSlots(name, 2) as slots:
+            await asyncio.gather(*(job(slots) for _ in range(3)))
+
+    await asyncio.gather(run(), run())
+    assert peak == 2
+    assert await _active(name) == 0
 
 
 async def test_missing_limit_fails_the_waiting_jobs() -> None:
-    """strict=True: without the limit, jobs get an error instead of running unlimited."""
-    slots = RequestSlots(f"missing-{uuid.uuid4().hex[:8]}", 2)
+    """Without the limit, jobs get an error instead of running unlimited, and no slot is left taken."""
+    ran = False
 
-    async def job() -> None:
+    async def job(slots: RequestSlots) -> None:
+        nonlocal ran
         async with slots.hold():
-            pytest.fail("ran without a concurrency limit")
+            ran = True
 
-    results = await asyncio.gather(*(job() for _ in range(3)), return_exceptions=True)
-    assert all(isinstance(r, Exception) for r in results)
-    assert "must be created" in str(results[0])
+    async with RequestSlots(f"missing-{uuid.uuid4().hex[:8]}", 2) as slots:
+        results = await asyncio.gather(*(job(slots) for _ in range(3)), return_exceptions=True)
+    assert not ran
+    assert all(isinstance(r, SlotError) for r in results)
+    assert "does not exist" in str(results[0])
 
 
-async def test_a_cancelled_waiter_does_not_block_the_lane() -> None:
+async def test_a_cancelled_waiter_does_not_block_the_next() -> None:
     """A job cancelled while waiting for a slot is skipped; the next one still runs."""
-    name = f"test-{uuid.uuid4().hex[:8]}"
+    name = _name()
     await ensure_global_limit(name, 1)
-    slots = RequestSlots(name, 1)
     order: list[str] = []
 
-    async def job(label: str, hold_s: float) -> None:
+    async def job(slots: RequestSlots, label: str, hold_s: float) -> None:
         async with slots.hold():
             order.append(label)
             await asyncio.sleep(hold_s)
 
-    first = asyncio.create_task(job("first", 0.2))
-    await asyncio.sleep(0.05)
-    doomed = asyncio.create_task(job("doomed", 0))
-    last = asyncio.create_task(job("last", 0))
-    await asyncio.sleep(0.05)
-    doomed.cancel()
-    await asyncio.gather(first, last)
+    async with RequestSlots(name, 1) as slots:
+        first = asyncio.create_task(job(slots, "first", 0.2))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.create_task(job(slots, "doomed", 0))
+        last = asyncio.create_task(job(slots, "last", 0))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        await asyncio.gather(first, last)
     assert order == ["first", "last"]
+
+
+async def test_a_full_limit_is_waited_for_and_said(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """A slot held elsewhere: the run waits (logging the limit and its active slots) and goes on once freed."""
+    name = _name()
+    await ensure_global_limit(name, 1)
+    monkeypatch.setattr(slots_module, "WAIT_LOG_S", 0.2)
+    monkeypatch.setattr(slots_module, "MAX_RETRY_S", 0.1)
+    async with get_client() as client:
+        taken = await client.increment_concurrency_slots_with_lease(
+            names=[name], slots=1, mode="concurrency", lease_duration=60
+        )
+        lease = uuid.UUID(taken.json()["lease_id"])
+
+        async def free_later() -> None:
+            await asyncio.sleep(0.8)
+            await client.release_concurrency_slots_with_lease(lease)
+
+        freeing = asyncio.create_task(free_later())
+        with caplog.at_level(logging.WARNING, logger="klingflow.slots"):
+            async with RequestSlots(name, 1) as slots, slots.hold():
+                assert freeing.done()  # it could not get in before the other holder let go
+        await freeing
+    notes = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    assert notes and f"{name!r} (limit 1, 1 slot(s) active; this run holds 0" in notes[0]

@@ -112,3 +112,31 @@ async def test_concurrency_limit_holds_on_the_simulator(tmp_path: Path, simulato
         assert max(in_flight) == 2
     finally:
         wide.stop()
+
+
+async def test_a_trickling_input_url_delays_only_its_own_job(tmp_path: Path, simulator, clips: dict[str, Path]) -> None:
+    """One input URL sends 1 KiB every 0.2 s: the other rows are submitted and done long before its fetch
+    deadline fails it; the estimate counts it at its upper bound."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from tests.trickle import trickling
+
+    with trickling(clips["a"]) as url:
+        rows = [f"slow,Slow edit @Video1,{url},,true", f"q1,Quick edit @Video1,{clips['a']},,true"]
+        rows.append(f"q2,Another edit @Video1,{clips['b']},,false")
+        params = fast_params(tmp_path, _manifest(tmp_path, rows), estimate_wait_s=0.5, input_fetch_timeout_s=8)
+        state, summary = await run_flow(params)
+    assert state == "FAILED" and summary.statuses == {"slow": "failed", "q1": "succeeded", "q2": "succeeded"}
+    report = pd.read_parquet(summary.report_path).set_index("job_id")
+    assert "download failed: not complete after 8 s" in report.loc["slow", "error"]
+    started = report["run_started_at"].iloc[0]
+    quick = report.loc[["q1", "q2"]]
+    assert ((quick["submitted_at"] - started).dt.total_seconds() < 6).all(), quick["submitted_at"]
+    async with get_client() as client:
+        [estimate] = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["klingflow-estimate"])),
+            limit=1,
+            sort="CREATED_DESC",
+        )
+    assert "1 still being prepared after 0.5 s" in str(estimate.data) and "at most $" in str(estimate.data)

@@ -93,7 +93,8 @@ async def test_ctrl_c_cancels_requests_queued_at_fal(tmp_path: Path, simulator, 
     )
     manifest = _manifest(tmp_path, clip, [f"HANG {i} @Video1" for i in range(3)])
     output = _interrupt_cli_run(tmp_path, manifest, simulator, submits=3)
-    assert "exit 130" in output, output[-3000:]
+    assert "exit 130" in output and "Traceback" not in output, output[-3000:]
+    assert float(output.rsplit("after ", 1)[1].split()[0]) <= 10.0, output[-3000:]
     if cancels == "refused":
         assert "cancelled" not in _outcomes(simulator), output[-3000:]
         assert output.count("the next run sends the cancel again") == 3, output[-3000:]
@@ -121,10 +122,12 @@ def _interrupt_cli_run(tmp_path: Path, manifest: Path, simulator, *, submits: in
             time.sleep(0.2)
         assert simulator.counters()["submits"] == submits
         proc.send_signal(signal.SIGINT)
+        interrupted = time.monotonic()
         output, _ = proc.communicate(timeout=60)
+        stopped_s = time.monotonic() - interrupted
     finally:
         proc.kill()
-    return f"{output}\nexit {proc.returncode}"
+    return f"{output}\nexit {proc.returncode} after {stopped_s:.1f} s"
 
 
 def _outcomes(simulator) -> list[str]:
