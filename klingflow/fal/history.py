@@ -85,12 +85,16 @@ class RecentRequests:
 
     async def _read_window(self, now: datetime) -> list[HistoryItem]:
         """The adoption window read as HISTORY_SLICES time slices at once: the pages of one slice follow each
-        other's cursors, so one slice of 24 h takes 20 round trips where six take four each."""
+        other's cursors, so 2,000 requests in one slice take 20 round trips in a row, in six slices about
+        four each (and each slice has its own page cap)."""
         step = ADOPTION_WINDOW / HISTORY_SLICES
         starts = [now - ADOPTION_WINDOW + i * step for i in range(HISTORY_SLICES)]
         ends = [*starts[1:], None]  # the newest slice is open-ended: a request sent a moment ago is listed
-        slices = await asyncio.gather(*(self._fal.history(start=s, end=e) for s, e in zip(starts, ends, strict=True)))
-        return [item for part in reversed(slices) for item in part]
+        reads = (self._fal.history(start=s, end=e) for s, e in zip(starts, ends, strict=True))
+        slices = await asyncio.gather(*reads, return_exceptions=True)  # every slice ends before this one does
+        if failed := next((part for part in slices if isinstance(part, BaseException)), None):
+            raise failed
+        return [item for part in reversed(slices) if isinstance(part, list) for item in part]
 
     async def same_work(self, job: JobRecord) -> HistoryItem | None:
         """A started or succeeded request with this job's prompt, parameters and input bytes, if any."""

@@ -27,7 +27,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 
@@ -45,20 +45,17 @@ class SlotError(BackendError):
     """No slot of the global concurrency limit could be had (missing limit, Prefect server failing)."""
 
 
-async def ensure_global_limit(name: str, limit: int, *, raise_to: bool = False) -> int:
+async def ensure_global_limit(name: str, limit: int) -> int:
     """Create the global concurrency limit if missing; return the limit in force.
 
-    An existing limit is left as it is (another run or an operator set it for all workers) unless
-    `raise_to` asks to raise it to `limit`; it is never lowered.
+    An existing limit is left as it is, never lowered: another run or an operator set it for all workers
+    (`klingflow setup` raises it).
     """
     async with get_client() as client:
         try:
             existing = await client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return limit
-        if raise_to and existing.limit < limit:
-            await client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit))
             return limit
         return existing.limit
 
@@ -118,8 +115,8 @@ class RequestSlots:
         for _ in range(min(jobs, self.size) - len(self._held)):
             try:
                 lease = await self._try_acquire()
-            except (_Busy, PrefectHTTPStatusError, httpx.HTTPError):
-                return
+            except (_Busy, SlotError, PrefectHTTPStatusError, httpx.HTTPError):
+                return  # the jobs ask again, and wait or fail with the reason
             self._held.add(lease)
             self._idle[lease] = loop.call_later(IDLE_S, self._give_back, lease)
 

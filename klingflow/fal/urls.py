@@ -1,8 +1,7 @@
 """The one place that points the real, unmodified fal_client at a backend, and puts it back.
 
 fal_client 1.0.x reads four module constants at call time (queue, run, REST and CDN base URLs); its
-uploads (CDN token, single-part and multipart) follow them. The switch also sets how many multipart
-upload parts fal_client holds in memory at once (UPLOAD_SETTINGS). `fal_client_pointed_at` sets them, and the
+uploads (CDN token, single-part and multipart) follow them. `fal_client_pointed_at` sets them, and the
 NO_PROXY entries that keep loopback traffic off any proxy, for the duration of a run and restores
 both on exit, like stamina's testing switch. The constants are process-wide: runs in one process share
 the switch when they point at the same base, and one for another base is refused. A renamed constant
@@ -21,10 +20,7 @@ import fal_client.client as _fc
 from klingflow.errors import BackendError
 
 _URL_CONSTANTS = ("QUEUE_URL_FORMAT", "RUN_URL_FORMAT", "REST_URL", "CDN_URL")
-# fal_client's multipart upload (files over 100 MiB) holds this many 10 MiB parts in memory at once;
-# its default of 10 put a run with one 193 MB input at 511 MB of RSS (measured, bench/hashing.py).
-UPLOAD_SETTINGS: dict[str, int] = {"MULTIPART_MAX_CONCURRENCY": 4}
-_missing = [name for name in (*_URL_CONSTANTS, *UPLOAD_SETTINGS) if not hasattr(_fc, name)]
+_missing = [name for name in _URL_CONSTANTS if not hasattr(_fc, name)]
 if _missing:  # pragma: no cover - only with an incompatible fal_client
     agent = getattr(_fc, "USER_AGENT", "fal_client")
     raise BackendError(f"{agent} lacks {_missing}; klingflow needs fal_client 1.0.x")
@@ -43,7 +39,7 @@ class _Switch:
         self.lock = threading.Lock()
         self.base: str | None = None
         self.users = 0
-        self.saved_urls: dict[str, object] = {}
+        self.saved_urls: dict[str, str] = {}
         self.saved_env: dict[str, str | None] = {}
 
 
@@ -72,9 +68,9 @@ def _enter(base_url: str | None) -> None:
             )
         if _switch.users == 0:
             _switch.base = target
-            _switch.saved_urls = {name: getattr(_fc, name) for name in (*_URL_CONSTANTS, *UPLOAD_SETTINGS)}
+            _switch.saved_urls = {name: getattr(_fc, name) for name in _URL_CONSTANTS}
             _switch.saved_env = {var: os.environ.get(var) for var in _PROXY_VARS}
-            for name, value in {**_urls_for(target), **UPLOAD_SETTINGS}.items():
+            for name, value in _urls_for(target).items():
                 setattr(_fc, name, value)
             if target is not None:  # httpx honours HTTP(S)_PROXY and does not exempt loopback by itself
                 for var in _PROXY_VARS:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.fal.history import RecentRequests, find_by_payload
+from klingflow.fal.history import HISTORY_SLICES, RecentRequests, find_by_payload
 from klingflow.fal.outcomes import Done
 from klingflow.fal.queue import FalQueue
 from klingflow.fal.submit import payload_sha256
@@ -73,6 +73,6 @@ async def test_an_unreadable_history_adopts_nothing_and_says_what_that_risks(
     with caplog.at_level(logging.WARNING, logger="test.history"):
         assert await recent.items() == []
         assert await recent.items() == []  # one read per run, failed or not
-    assert simulator.counters()["faults"]["platform.http_500"] == fal.backoff.attempts
+    assert simulator.counters()["faults"]["platform.http_500"] == fal.backoff.attempts * HISTORY_SLICES  # each slice
     (record,) = caplog.records
     assert "could not be read" in record.getMessage() and "paid for without checking" in record.getMessage()

@@ -24,13 +24,12 @@ async def _active(name: str) -> int:
         return (await client.read_global_concurrency_limit_by_name(name)).active_slots
 
 
-async def test_limit_is_created_once_and_never_lowered() -> None:
-    """A missing limit is created with the run's size; an existing one keeps its own unless raised on request."""
+async def test_limit_is_created_once_and_then_left_alone() -> None:
+    """A missing limit is created with the run's size; an existing one keeps its own (never lowered)."""
     name = _name()
     assert await ensure_global_limit(name, 3) == 3
     assert await ensure_global_limit(name, 7) == 3
-    assert await ensure_global_limit(name, 2, raise_to=True) == 3
-    assert await ensure_global_limit(name, 7, raise_to=True) == 7
+    assert await ensure_global_limit(name, 1) == 3
 
 
 async def test_never_more_than_size_at_once_and_every_job_runs() -> None:
