@@ -183,9 +183,9 @@ async def edit_all(
 
 
 async def _edit_each(intake: Intake, ctx: RunContext) -> list[JobRecord]:
-    """Every job once its own row is ready, admitted a few more at a time than the slots allow (each admitted
-    job is a Prefect task run, and 1,000 asked for at once delay the first submission by minutes); the first
-    ready row of a job key leads, the rest follow it."""
+    """Every job once its own row is ready, admitted a few more at a time than the slots allow (an admitted job
+    may be a Prefect task run: all of them started at once would keep the server busy while the first
+    submissions wait); the first ready row of a job key leads, the rest follow it."""
     progress = ProgressTracker(total=len(intake.jobs))
     task_runs = len(intake.jobs) <= ctx.params.job_task_runs_max
     if not task_runs:
