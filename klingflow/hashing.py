@@ -14,11 +14,16 @@ import os
 _CHUNK = 1 << 20
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (computed once per file version per process)."""
+def file_version(path: str | os.PathLike[str]) -> tuple[str, int, int]:
+    """(real path, size, mtime_ns): the key of what is remembered about one version of a file."""
     real = os.path.realpath(path)
     st = os.stat(real)
-    return _sha256(real, st.st_size, st.st_mtime_ns)
+    return real, st.st_size, st.st_mtime_ns
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (computed once per file version per process)."""
+    return _sha256(*file_version(path))
 
 
 @functools.lru_cache(maxsize=4096)

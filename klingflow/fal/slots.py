@@ -111,14 +111,13 @@ class RequestSlots:
         """Take up to min(jobs, size) leases now, while the Prefect server is quiet: once a run's task runs
         start, their state events keep a SQLite server busy, and the first lease took 2.4 s (measured).
         Stops at the first full answer: slots other runs hold are waited for by the jobs themselves."""
-        loop = asyncio.get_running_loop()
         for _ in range(min(jobs, self.size) - len(self._held)):
             try:
                 lease = await self._try_acquire()
             except (_Busy, SlotError, PrefectHTTPStatusError, httpx.HTTPError):
                 return  # the jobs ask again, and wait or fail with the reason
             self._held.add(lease)
-            self._idle[lease] = loop.call_later(IDLE_S, self._give_back, lease)
+            self._park(lease)
 
     async def _release_all(self) -> None:
         await asyncio.gather(*self._releases, return_exceptions=True)
@@ -142,8 +141,12 @@ class RequestSlots:
         try:
             yield
         finally:
-            self._idle[lease] = asyncio.get_running_loop().call_later(IDLE_S, self._give_back, lease)
+            self._park(lease)
             self._local.release()
+
+    def _park(self, lease: UUID) -> None:
+        """A lease no job holds: the next job takes it, or it goes back to the limit after IDLE_S."""
+        self._idle[lease] = asyncio.get_running_loop().call_later(IDLE_S, self._give_back, lease)
 
     def _take_idle(self) -> UUID | None:
         if not self._idle:

@@ -15,6 +15,7 @@ import av
 from pydantic import BaseModel
 
 from klingflow.errors import MediaError
+from klingflow.hashing import file_version
 
 # FFmpeg transfer characteristics that mean HDR: 16 = SMPTE ST 2084 (PQ), 18 = ARIB STD-B67 (HLG).
 HDR_TRANSFERS = frozenset({16, 18})
@@ -98,10 +99,10 @@ def probe_source(path: str | os.PathLike[str]) -> VideoProbe:
     """`probe_video` of an input, remembered per file version (path, size, mtime): a manifest that names
     one clip in many rows probes it once (a probe costs ~10 ms; 10,000 rows are a manifest's size)."""
     try:
-        st = os.stat(path)
+        version = file_version(path)
     except OSError:
         return probe_video(path)  # says why, in the words of every other probe error
-    return _probe_version(str(path), st.st_size, st.st_mtime_ns).model_copy()
+    return _probe_version(*version).model_copy(update={"path": str(path)})
 
 
 @functools.lru_cache(maxsize=4096)

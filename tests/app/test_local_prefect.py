@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,6 +56,11 @@ def _run_cmd(tmp_path: Path, name: str, clip: Path, prompts: list[str], *options
     return [*cmd, "--poll-interval", "0.1", "--poll-max-interval", "0.3", *options]
 
 
+def _start(cmd: list[str], env: dict[str, str], stdout: int = subprocess.PIPE, **options: Any) -> subprocess.Popen[str]:
+    """A `klingflow run` process, its output (stdout and stderr together) readable as text."""
+    return subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.STDOUT, text=True, **options)
+
+
 def test_four_runs_started_together_share_one_server_and_all_complete(
     home: Path, tmp_path: Path, make_simulator, clip: Path
 ) -> None:
@@ -62,13 +68,7 @@ def test_four_runs_started_together_share_one_server_and_all_complete(
     sim = make_simulator(concurrency_per_key=8)
     env = _env(home, tmp_path)
     procs = [
-        subprocess.Popen(
-            _run_cmd(tmp_path, f"r{n}", clip, [f"Run {n} edit {i} @Video1" for i in range(3)]),
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        _start(_run_cmd(tmp_path, f"r{n}", clip, [f"Run {n} edit {i} @Video1" for i in range(3)]), env)
         for n in range(4)
     ]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -87,11 +87,10 @@ def test_a_run_killed_with_sigkill_frees_its_slot_for_the_next_run_within_a_leas
     sim = make_simulator(faults=FaultConfig(hang_prompts_containing=["HANG"]))
     env = _env(home, tmp_path)
     limit = ["--concurrency", "1", "--concurrency-limit", f"kill-{tmp_path.name}"]
-    first = subprocess.Popen(
+    first = _start(
         _run_cmd(tmp_path, "hang", clip, ["HANG forever @Video1"], *limit),
-        env=env,
+        env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     deadline = time.monotonic() + 300
@@ -101,13 +100,7 @@ def test_a_run_killed_with_sigkill_frees_its_slot_for_the_next_run_within_a_leas
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     started = time.monotonic()
-    second = subprocess.Popen(
-        _run_cmd(tmp_path, "next", clip, ["Next edit @Video1"], *limit),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    second = _start(_run_cmd(tmp_path, "next", clip, ["Next edit @Video1"], *limit), env)
     while sim.counters()["submits"] < 2 and second.poll() is None:
         time.sleep(0.1)
     waited = time.monotonic() - started
