@@ -24,9 +24,10 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from klingflow import events
-from klingflow.endpoint import MAX_DURATION_S, PRICE_PER_SECOND_USD, cost_usd
-from klingflow.fal.backend import Logger, choose_backend, resolve_fal_key
+from klingflow.endpoint import MAX_DURATION_S
+from klingflow.fal.backend import Logger, choose_backend, key_for, resolve_fal_key
 from klingflow.fal.history import RecentRequests
+from klingflow.fal.pricing import UnitPrice, dry_run_price, resolve_price
 from klingflow.fal.queue import FalQueue
 from klingflow.fal.slots import RequestSlots, ensure_global_limit
 from klingflow.fal.uploads import UploadCache
@@ -37,7 +38,7 @@ from klingflow.ledger.store import RequestLedger
 from klingflow.manifest import load_manifest
 from klingflow.media.preprocess import PreprocessSettings
 from klingflow.models import Backend, EditParams, JobRecord, JobStatus
-from klingflow.pipeline.backend import open_backend
+from klingflow.pipeline.backend import open_backend, target_namespace
 from klingflow.pipeline.cancellation import cancel_outstanding_requests
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
@@ -82,14 +83,15 @@ async def edit_videos(params: EditParams) -> State:
             _backend(params, kind, key, logger) as fal,
         ):
             recent = RecentRequests(fal, logger).prefetch() if fal else None  # read while inputs are prepared
+            price = await _price(fal, params, kind, key, logger)
             seen = await intake.settled(params.estimate_wait_s if fal else None)
-            keyed = [with_job_key(job, params.endpoint) if job else None for job in seen]
-            estimated = await announce_estimate(keyed, ledger, params)
+            keyed = [price.estimated(with_job_key(job, params.endpoint)) if job else None for job in seen]
+            estimated = await announce_estimate(keyed, ledger, params, price)
             if fal is None or recent is None:
                 jobs = [j.with_(status=JobStatus.dry_run) if j.ok else j for j in keyed if j is not None]
                 backend = f"{kind.value} (dry run)"
             else:
-                jobs = await edit_all(intake, fal, recent, ledger, run_id, params)
+                jobs = await edit_all(intake, fal, recent, ledger, run_id, params, price)
                 backend = fal.label
         paths = await report(
             quote(jobs),  # quote: Prefect would otherwise walk every record looking for futures
@@ -118,7 +120,18 @@ async def _backend(
         yield fal
 
 
-async def announce_estimate(rows: list[JobRecord | None], ledger: RequestLedger, params: EditParams) -> float:
+async def _price(fal: FalQueue | None, params: EditParams, kind: Backend, key: str | None, logger: Logger) -> UnitPrice:
+    """The run's unit price: fal's for the key the run sends (a dry run sends nothing: the day's cached one)."""
+    pricing = Path(params.state_dir).expanduser() / "pricing"
+    if fal is not None:
+        return await resolve_price(fal, pricing, logger)
+    sent_key = key_for(kind, key) if key or kind is not Backend.fal else None
+    return dry_run_price(pricing, target_namespace(kind), params.endpoint, sent_key, logger)
+
+
+async def announce_estimate(
+    rows: list[JobRecord | None], ledger: RequestLedger, params: EditParams, price: UnitPrice
+) -> float:
     """Say what the run will cost before anything is paid (results already paid for cost nothing); rows still
     being prepared (None) count at the endpoint's longest output, so the figure is an upper bound."""
     jobs = [j for j in rows if j is not None]
@@ -128,7 +141,7 @@ async def announce_estimate(rows: list[JobRecord | None], ledger: RequestLedger,
     paid = set() if params.force else {k for k in keys if _paid(ledger, k)}
     to_pay = {j.job_key: j for j in ready if j.job_key not in paid}  # identical rows are paid once
     seconds = sum(j.estimated_seconds or 0 for j in to_pay.values()) + pending * int(MAX_DURATION_S)
-    bound = pending * float(cost_usd(MAX_DURATION_S))
+    bound = pending * price.cost(MAX_DURATION_S)
     total = round(sum(j.estimated_cost_usd or 0.0 for j in to_pay.values()) + bound, 4)
     cap = "no cap" if params.max_budget_usd is None else f"cap ${params.max_budget_usd:.2f}"
     waiting = (
@@ -140,12 +153,12 @@ async def announce_estimate(rows: list[JobRecord | None], ledger: RequestLedger,
     text = (
         f"estimate: {len(to_pay)} job(s) to pay for ({len(paid)} already paid, {len(ready) - len(keys)} identical "
         f"to another row, {len(jobs) - len(ready)} failed before submission{waiting}), {seconds} output second(s), "
-        f"{'at most ' if pending else ''}${total:.2f} ({cap})"
+        f"{'at most ' if pending else ''}${total:.2f} ({cap}); price {price.label}"
     )
     get_run_logger().info(text)
     await acreate_markdown_artifact(
         key="klingflow-estimate",
-        markdown=f"## Cost estimate\n\n{text}\n\nPrice: ${PRICE_PER_SECOND_USD} per generated second.",
+        markdown=f"## Cost estimate\n\n{text}\n\nPrice: {price.label}.",
         description="Estimated cost before anything was uploaded",
     )
     return total
@@ -157,7 +170,13 @@ def _paid(ledger: RequestLedger, job_key: str | None) -> bool:
 
 
 async def edit_all(
-    intake: Intake, fal: FalQueue, recent: RecentRequests, ledger: RequestLedger, run_id: str, params: EditParams
+    intake: Intake,
+    fal: FalQueue,
+    recent: RecentRequests,
+    ledger: RequestLedger,
+    run_id: str,
+    params: EditParams,
+    price: UnitPrice,
 ) -> list[JobRecord]:
     """Run every job as soon as its inputs are ready, at most `max_concurrency` requests in flight; rows with
     one job key share a request."""
@@ -178,6 +197,7 @@ async def edit_all(
                 uploads=uploads,
                 poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
                 recent=recent,
+                price=price,
             )
             return await _edit_each(intake, ctx)
 
@@ -202,7 +222,8 @@ async def _edit_each(intake: Intake, ctx: RunContext) -> list[JobRecord]:
     async def one(index: int) -> JobRecord:
         done = latest[index]
         try:
-            job = done = latest[index] = with_job_key(await intake.ready(index), ctx.params.endpoint)
+            job = with_job_key(await intake.ready(index), ctx.params.endpoint)
+            job = done = latest[index] = ctx.price.estimated(job)
             if job.ok and job.job_key in leaders:
                 done = as_follower(job, await asyncio.shield(leaders[job.job_key]))
             elif job.ok and job.job_key:

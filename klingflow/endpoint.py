@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ENDPOINT_ID = "fal-ai/kling-video/o3/pro/video-to-video/edit"
 
-# Price: "$0.336 for every second of video you generated".
+# Price: "$0.336 for every second of video you generated". The list price: a run reads the account's
+# own price from fal's pricing API (klingflow.fal.pricing) and uses this only when that cannot be read.
 PRICE_PER_SECOND_USD = Decimal("0.336")
+PRICE_UNIT = "second"  # the billing unit of fal's pricing API and of X-Fal-Billable-Units for this endpoint
 
 # Video input limits: ".mp4/.mov formats, 3-10s duration, 720-2160px resolution, max 200MB".
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov"})
@@ -139,6 +141,6 @@ def billable_seconds(output_duration_s: float) -> int:
     return max(0, math.ceil(output_duration_s - 0.02))
 
 
-def cost_usd(seconds: float) -> Decimal:
-    """Dollars for a number of billed seconds, to the cent."""
-    return (PRICE_PER_SECOND_USD * Decimal(str(seconds))).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+def cost_usd(seconds: float, price_per_second: Decimal = PRICE_PER_SECOND_USD) -> Decimal:
+    """Dollars for a number of billed seconds at a unit price, to a hundredth of a cent."""
+    return (price_per_second * Decimal(str(seconds))).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)

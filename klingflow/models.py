@@ -159,7 +159,16 @@ class CostSource(enum.StrEnum):
     header = "header"  # fal's X-Fal-Billable-Units on the result
     estimate = "estimate"  # fal billed it but sent no units: the estimate stands in
     reused = "reused"  # paid for by an earlier run (or another row of this run): 0 here
+    billing_event = "billing_event"  # fal's own billing event for the request (`klingflow reconcile`)
     none = "none"
+
+
+class PriceSource(enum.StrEnum):
+    """Where the unit price of a row's costs comes from."""
+
+    fal = "fal"  # fal's pricing API, read by this run (the account's own price, discounts included)
+    cache = "cache"  # fal's pricing API, read by a run less than a day ago
+    list_price = "list_price"  # klingflow.endpoint's documented list price: fal's could not be read
 
 
 class PaidResult(BaseModel):
@@ -176,9 +185,13 @@ class PaidResult(BaseModel):
     billed_seconds: float | None = None
     cost_usd: float | None = None
     cost_source: CostSource = CostSource.none
+    unit_price_usd: float | None = None  # per billed second, as cost_usd was computed
+    price_source: PriceSource | None = None
 
 
-BILL_FIELDS = frozenset({"output_url", "billed_seconds", "cost_usd", "cost_source"})  # known once fal is done
+BILL_FIELDS = frozenset(
+    {"output_url", "billed_seconds", "cost_usd", "cost_source", "unit_price_usd", "price_source"}
+)  # known once fal is done
 OUTPUT_FIELDS = frozenset(PaidResult.model_fields) - BILL_FIELDS  # known once the output is downloaded
 
 

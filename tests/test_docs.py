@@ -43,3 +43,13 @@ def test_every_run_option_is_documented() -> None:
     options = [s for action in run._actions for s in action.option_strings if s.startswith("--") and s != "--help"]
     missing = [o for o in options if f"`{o}`" not in README]
     assert not missing, f"undocumented options: {missing}"
+
+
+def test_every_reconciliation_field_is_documented() -> None:
+    """Each RECONCILIATION_SCHEMA field is named in the README's reconciliation table."""
+    from klingflow.report.reconcile import RECONCILIATION_SCHEMA
+
+    table = README.split("### Reconciliation with fal's bill", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| ")]
+    named = {name.strip() for row in rows for name in row.split(",")}
+    assert set(RECONCILIATION_SCHEMA.names) <= named, set(RECONCILIATION_SCHEMA.names) - named

@@ -1,4 +1,4 @@
-"""`klingflow` command line: run a manifest, run the demo, run the simulator, read reports.
+"""`klingflow` command line: run a manifest, run the demo, run the simulator, read and reconcile reports.
 
 Exit codes of `run` and `demo`: 0 every job succeeded (or was reused, or dry run); 1 at least one
 job failed, was cancelled or skipped by the budget; 2 the run could not start (bad manifest,
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     from klingflow.report.cli import add_arguments as add_report_arguments
 
     add_report_arguments(rep)
+
+    reconcile = sub.add_parser("reconcile", help="match the reports to fal's billing events (needs an admin key)")
+    from klingflow.app.reconcile import add_arguments as add_reconcile_arguments
+
+    add_reconcile_arguments(reconcile)
 
     server = sub.add_parser("server", help="the local Prefect server klingflow runs when PREFECT_API_URL is not set")
     server.add_argument("action", choices=["status", "start", "stop"], help="say where it is, start it, or stop it")
@@ -173,6 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_simulator(args)
     if args.command == "server":
         return run_server(args.action)
+    if args.command == "reconcile":
+        from klingflow.app.reconcile import run as run_reconcile
+
+        return run_reconcile(args)
     if args.command == "setup":
         from klingflow.app.setup import run as run_setup
 

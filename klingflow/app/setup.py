@@ -3,8 +3,8 @@
 Creates the global concurrency limit that caps requests in flight at fal across every worker, or
 raises it (an existing higher limit is kept unless `--lower`: other runs may rely on it), creates
 the process work pool the deployments in prefect.yaml target, optionally stores the fal key as the
-Prefect Secret block `fal-key` (read from the FAL_KEY environment variable so it
-never appears in shell history, parameters or logs), and generates the demo media the ad-hoc
+Prefect Secret block `fal-key` and the admin key as `fal-admin-key` (read from FAL_KEY and
+FAL_ADMIN_KEY so they never appear in shell history, parameters or logs), and generates the demo media the ad-hoc
 deployment's default manifest points at.
 
 Also home of `enter_repo`, the pull step of prefect.yaml's deployments.
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from klingflow.app.local_prefect import prefect_api
-from klingflow.fal.backend import FAL_KEY_SECRET_BLOCK, key_fingerprint
+from klingflow.fal.backend import FAL_ADMIN_KEY_SECRET_BLOCK, FAL_KEY_SECRET_BLOCK, key_fingerprint
 
 DEFAULT_LIMIT_NAME = "klingflow-fal"
 DEFAULT_POOL = "klingflow-process"
@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"store $FAL_KEY as the Prefect Secret block {FAL_KEY_SECRET_BLOCK!r} (never printed)",
     )
     parser.add_argument(
+        "--fal-admin-key-from-env",
+        action="store_true",
+        help=f"store $FAL_ADMIN_KEY (for `klingflow reconcile`) as the Secret block {FAL_ADMIN_KEY_SECRET_BLOCK!r}",
+    )
+    parser.add_argument(
         "--no-demo-media",
         action="store_true",
         help="do not generate data/demo/media (the ad-hoc deployment's default manifest uses it)",
@@ -67,17 +72,26 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("setup: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    key = os.environ.get("FAL_KEY") if args.fal_key_from_env else None
-    if args.fal_key_from_env and not key:
-        print("setup: --fal-key-from-env given but FAL_KEY is not set", file=sys.stderr)
-        return EXIT_CANNOT_RUN
+    secrets = {
+        block: os.environ.get(variable)
+        for block, variable, wanted in (
+            (FAL_KEY_SECRET_BLOCK, "FAL_KEY", args.fal_key_from_env),
+            (FAL_ADMIN_KEY_SECRET_BLOCK, "FAL_ADMIN_KEY", args.fal_admin_key_from_env),
+        )
+        if wanted
+    }
+    for block, value in secrets.items():
+        if not value:
+            variable = "FAL_KEY" if block == FAL_KEY_SECRET_BLOCK else "FAL_ADMIN_KEY"
+            print(f"setup: storing {block!r} was asked for but {variable} is not set", file=sys.stderr)
+            return EXIT_CANNOT_RUN
     try:
         with prefect_api() as local:
             print(f"setup: Prefect API {_api_url()}{' (klingflow local server)' if local else ''}")
             print(asyncio.run(ensure_limit(args.limit_name, args.concurrency, lower=args.lower)))
             print(asyncio.run(ensure_work_pool(args.pool)))
-            if key:
-                print(save_fal_key(key))
+            for block, value in secrets.items():
+                print(save_secret(block, value or ""))
     except Exception as exc:  # noqa: BLE001 - report any server/API failure as one line and a non-zero exit
         print(f"setup: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN
@@ -136,12 +150,12 @@ async def ensure_work_pool(name: str) -> str:
         return f"setup: process work pool {name!r} exists"
 
 
-def save_fal_key(key: str) -> str:
-    """Store the key as the `fal-key` Secret block; the message shows only a fingerprint."""
+def save_secret(block: str, key: str) -> str:
+    """Store a key as a Secret block (`fal-key`, `fal-admin-key`); the message shows only a fingerprint."""
     from prefect.blocks.system import Secret
 
-    Secret(value=key).save(FAL_KEY_SECRET_BLOCK, overwrite=True)
-    return f"setup: saved Secret block {FAL_KEY_SECRET_BLOCK!r} (key fingerprint {key_fingerprint(key)})"
+    Secret(value=key).save(block, overwrite=True)
+    return f"setup: saved Secret block {block!r} (key fingerprint {key_fingerprint(key)})"
 
 
 def enter_repo(directory: str | None = None) -> dict[str, str]:

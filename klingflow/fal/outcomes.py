@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 
@@ -115,3 +116,26 @@ class HistoryItem:
         video = self.json_output.get("video") if isinstance(self.json_output, dict) else None
         url = video.get("url") if isinstance(video, dict) else None
         return url if self.status_code == 200 and isinstance(url, str) else None
+
+
+@dataclass(frozen=True)
+class Price:
+    """One entry of fal's pricing API: the caller's price per billing unit of an endpoint."""
+
+    endpoint_id: str
+    unit_price: Decimal
+    unit: str
+    currency: str
+
+
+@dataclass(frozen=True)
+class BillingEvent:
+    """One request fal charged, as its billing events list it (admin key): the bill, after discounts."""
+
+    request_id: str
+    endpoint_id: str
+    timestamp: datetime | None
+    output_units: float | None
+    unit_price: Decimal | None
+    percent_discount: float | None
+    cost_total: Decimal

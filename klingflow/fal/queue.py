@@ -18,6 +18,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -30,11 +31,13 @@ from klingflow.endpoint import ENDPOINT_ID, EditOutput
 from klingflow.errors import DownloadError, FalError, FalRejected, FalTransient
 from klingflow.fal.outcomes import (
     Accepted,
+    BillingEvent,
     CancelReply,
     Done,
     Failure,
     HistoryItem,
     Output,
+    Price,
     Queued,
     QueueStatus,
     Rejected,
@@ -58,6 +61,9 @@ READ_ATTEMPTS = 5
 KEEPALIVE = 8
 HISTORY_PAGE = 100
 HISTORY_MAX_PAGES = 20
+BILLING_PAGE = 1000
+BILLING_MAX_PAGES = 200
+BILLING_IDS_PER_CALL = 50  # fal's billing events take 1-50 request ids per call
 
 
 @dataclass(frozen=True)
@@ -318,6 +324,46 @@ class FalQueue:
             params["cursor"] = page["next_cursor"]
         return items
 
+    # --- the platform API: price and bill ---------------------------------------------------------
+    async def prices(self) -> list[Price]:
+        """fal's price of the endpoint for this key (any API key; discounts included)."""
+        url = f"{self.target.platform_url}/models/pricing"
+        page = await self._retrying(lambda: self._page(url, {"endpoint_id": self.endpoint}))
+        return [price for raw in page.get("prices") or [] if isinstance(raw, dict) and (price := _price(raw))]
+
+    async def billing_events(
+        self,
+        *,
+        start: datetime,
+        end: datetime | None = None,
+        request_ids: list[str] | None = None,
+        tag: tuple[str, str] | None = None,
+    ) -> list[BillingEvent]:
+        """fal's billing events of the endpoint in [start, end) (needs an admin key): those of `request_ids`
+        (asked 50 at a time), or those of requests sent with the tag `tag` (fal's tagged-billed source)."""
+        base: dict[str, Any] = {"endpoint_id": self.endpoint, "start": start.isoformat(timespec="seconds")}
+        if end is not None:
+            base["end"] = end.isoformat(timespec="seconds")
+        if tag is not None:
+            base |= {"source": "tagged-billed", "tag": f"{tag[0]}={tag[1]}"}
+        if request_ids is None:
+            return await self._billing_pages(base)
+        chunks = [request_ids[i : i + BILLING_IDS_PER_CALL] for i in range(0, len(request_ids), BILLING_IDS_PER_CALL)]
+        pages = await asyncio.gather(*(self._billing_pages({**base, "request_id": ",".join(c)}) for c in chunks))
+        return [event for page in pages for event in page]
+
+    async def _billing_pages(self, params: dict[str, Any]) -> list[BillingEvent]:
+        url = f"{self.target.platform_url}/models/billing-events"
+        params = {**params, "limit": BILLING_PAGE}
+        events: list[BillingEvent] = []
+        for _ in range(BILLING_MAX_PAGES):
+            page = await self._retrying(lambda p=dict(params): self._page(url, p))
+            events += [e for raw in page.get("billing_events") or [] if isinstance(raw, dict) and (e := _event(raw))]
+            if not page.get("has_more") or not page.get("next_cursor"):
+                return events
+            params["cursor"] = page["next_cursor"]
+        raise FalTransient(f"fal's billing events have more than {BILLING_MAX_PAGES * BILLING_PAGE} entries here")
+
     async def _page(self, url: str, params: dict[str, Any]) -> dict[str, Any]:
         response = await self._send("GET", url, params=params)
         self._raise_for(response)
@@ -384,6 +430,42 @@ def _instant(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _decimal(value: Any) -> Decimal | None:
+    """A JSON number as a Decimal of its shortest repr (0.2688, not 0.26879999...)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _price(raw: dict[str, Any]) -> Price | None:
+    unit_price = _decimal(raw.get("unit_price"))
+    if unit_price is None or unit_price < 0:
+        return None
+    return Price(str(raw.get("endpoint_id")), unit_price, str(raw.get("unit", "")), str(raw.get("currency", "")))
+
+
+def _event(raw: dict[str, Any]) -> BillingEvent | None:
+    cost = _decimal(raw.get("cost_total"))
+    if cost is None or not raw.get("request_id"):
+        return None
+    return BillingEvent(
+        request_id=str(raw["request_id"]),
+        endpoint_id=str(raw.get("endpoint_id")),
+        timestamp=_instant(raw.get("timestamp")),
+        output_units=_number(raw.get("output_units")),
+        unit_price=_decimal(raw.get("unit_price")),
+        percent_discount=_number(raw.get("percent_discount")),
+        cost_total=cost,
+    )
 
 
 def _history_item(raw: dict[str, Any]) -> HistoryItem:

@@ -29,7 +29,7 @@ import httpx
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from klingflow.errors import BackendError
 
@@ -53,11 +53,14 @@ async def ensure_global_limit(name: str, limit: int) -> int:
     """
     async with get_client() as client:
         try:
-            existing = await client.read_global_concurrency_limit_by_name(name)
+            return (await client.read_global_concurrency_limit_by_name(name)).limit
         except ObjectNotFound:
+            pass
+        try:
             await client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return limit
-        return existing.limit
+        except ObjectAlreadyExists:  # another run created it since: its limit holds
+            return (await client.read_global_concurrency_limit_by_name(name)).limit
+        return limit
 
 
 class RequestSlots:

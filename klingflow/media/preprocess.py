@@ -32,7 +32,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from klingflow.cachedir import private_dir
-from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, cost_usd, prompt_reference_errors
+from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, prompt_reference_errors
 from klingflow.errors import JobError, MediaError
 from klingflow.hashing import sha256_file
 from klingflow.media.cache import CacheEntry, TranscodeCache
@@ -294,8 +294,7 @@ def _preprocess(record: JobRecord, settings: PreprocessSettings) -> JobRecord:
             "input_height": out.height,
             "prepared_images": images,
             "prepared_elements": elements,
-            "estimated_seconds": seconds,
-            "estimated_cost_usd": float(cost_usd(seconds)),
+            "estimated_seconds": seconds,  # priced by the run, at the price fal gives its key
         }
     )
 

@@ -20,6 +20,14 @@ from klingflow.models import Backend, EditParams
 SIMULATOR_URL_ENV = "KLINGFLOW_SIMULATOR_URL"
 
 
+def target_namespace(kind: Backend) -> str:
+    """Where a run of `kind` would send its requests, as caches key it (an embedded simulator: 'sim')."""
+    if kind is Backend.fal:
+        return Target.fal().namespace
+    external = os.environ.get(SIMULATOR_URL_ENV)
+    return Target.simulator(external).namespace if external else "sim"
+
+
 @asynccontextmanager
 async def open_backend(params: EditParams, kind: Backend, key: str | None, logger: Logger) -> AsyncIterator[FalQueue]:
     """The run's FalQueue for an already chosen backend (`key`: resolved once at flow start)."""
@@ -28,14 +36,14 @@ async def open_backend(params: EditParams, kind: Backend, key: str | None, logge
         async with FalQueue(Target.fal(), send_key, endpoint=params.endpoint) as fal:
             yield fal
         return
-    with simulator_url(params, logger) as url:
+    with simulator_url(params.state_dir, logger, time_scale=params.simulator_time_scale) as url:
         async with FalQueue(Target.simulator(url), send_key, endpoint=params.endpoint) as fal:
             yield fal
 
 
 @contextmanager
-def simulator_url(params: EditParams, logger: Logger) -> Iterator[str]:
-    """The running simulator's URL, or an embedded one's for the block."""
+def simulator_url(state_dir: str | Path, logger: Logger, *, time_scale: float = 1.0) -> Iterator[str]:
+    """The running simulator's URL, or an embedded one's (state in `<state_dir>/simulator`) for the block."""
     external = os.environ.get(SIMULATOR_URL_ENV)
     if external:
         logger.info("using the running simulator at %s (%s)", external, SIMULATOR_URL_ENV)
@@ -43,8 +51,8 @@ def simulator_url(params: EditParams, logger: Logger) -> Iterator[str]:
         return
     from klingflow.simulator import Simulator, SimulatorConfig
 
-    state = Path(params.state_dir).expanduser() / "simulator"
-    config = SimulatorConfig(state_dir=state, time_scale=params.simulator_time_scale)
+    state = Path(state_dir).expanduser() / "simulator"
+    config = SimulatorConfig(state_dir=state, time_scale=time_scale)
     with Simulator(config) as sim:
         logger.info("started an embedded fal simulator at %s (state in %s)", sim.url, state)
         yield sim.url

@@ -67,12 +67,12 @@ class Intake:
         elif result.ok:
             changed = set(result.preprocess_actions) - {"passthrough"}
             self._log.info(
-                "%s: %s -> %s (%s), %.2f s, est. $%.2f",
+                "%s: %s -> %s (%s), %.2f s, %d s to bill",
                 result.where,
                 before.video,
                 result.input_path,
                 ", ".join(result.preprocess_actions),
                 result.input_duration_s or 0.0,
-                result.estimated_cost_usd or 0.0,
+                result.estimated_seconds or 0,
                 extra=None if changed else DETAIL,
             )

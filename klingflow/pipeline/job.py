@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from klingflow.detail import DETAIL
-from klingflow.endpoint import cost_usd
 from klingflow.errors import FalError, FalRejected, FalTransient
 from klingflow.fal.history import RecentRequests, find_by_payload
 from klingflow.fal.outcomes import (
@@ -32,9 +31,10 @@ from klingflow.fal.outcomes import (
     Rejected,
     Running,
 )
+from klingflow.fal.pricing import UnitPrice
 from klingflow.fal.queue import FalQueue
 from klingflow.fal.slots import RequestSlots, SlotError
-from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
+from klingflow.fal.submit import edit_arguments, payload_sha256, request_tags, submit_headers
 from klingflow.fal.uploads import UploadCache, upload_job
 from klingflow.ledger.budget import Budget
 from klingflow.ledger.decide import Action, Event, JobState, decide, may_have_request
@@ -77,6 +77,7 @@ class RunContext:
     uploads: UploadCache
     poll: PollSettings
     recent: RecentRequests
+    price: UnitPrice
     log: logging.Logger | logging.LoggerAdapter = field(default_factory=lambda: logging.getLogger("klingflow.job"))
 
 
@@ -107,16 +108,18 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         return await _Driver(_resumed(job, entry, ctx), ctx, entry, note=note).run(state, action)
 
 
-def bill_fields(units: float | None, estimated_seconds: float | None, *, failed: bool = False) -> dict[str, Any]:
-    """What a finished request cost: fal's billable units, else (for an output) the estimate; an error
-    result costs something only when fal says so."""
+def bill_fields(
+    units: float | None, estimated_seconds: float | None, price: UnitPrice, *, failed: bool = False
+) -> dict[str, Any]:
+    """What a finished request cost at the run's price: fal's billable units, else (for an output) the
+    estimate; an error result costs something only when fal says so."""
     if units is None and not failed:
         seconds, source = float(estimated_seconds or 0), CostSource.estimate
     elif units:
         seconds, source = float(units), CostSource.header
     else:
         return {"billed_seconds": 0.0 if failed else None, "cost_usd": None, "cost_source": CostSource.none}
-    return {"billed_seconds": seconds, "cost_usd": float(cost_usd(seconds)), "cost_source": source}
+    return {"billed_seconds": seconds, "cost_usd": price.cost(seconds), "cost_source": source, **price.bill()}
 
 
 def _at_fal_now(state: JobState) -> bool:
@@ -340,7 +343,8 @@ class _Driver:
             error=None,
             fal_status=None,
         )
-        outcome = await self.ctx.fal.submit_once(arguments, headers=submit_headers(self.ctx.params.job_timeout_s))
+        headers = submit_headers(self.ctx.params.job_timeout_s, request_tags(self.ctx.run_id, self.job.job_key))
+        outcome = await self.ctx.fal.submit_once(arguments, headers=headers)
         if isinstance(outcome, Accepted):
             now = datetime.now(UTC)
             self.job = self.job.with_(request_id=outcome.request_id, submitted_at=now)
@@ -429,7 +433,9 @@ class _Driver:
 
     def _bill(self, units: float | None, *, failed: bool = False) -> dict[str, Any]:
         """The bill fields of a finished request; reused rows (adopted work) keep costing nothing."""
-        return {} if self.job.reused else bill_fields(units, self.job.estimated_seconds, failed=failed)
+        if self.job.reused:
+            return {}
+        return bill_fields(units, self.job.estimated_seconds, self.ctx.price, failed=failed)
 
     def _cancel_reason(self) -> str:
         if self.entry is not None and self.entry.cancel_requested_at and self.note.startswith("timed out"):

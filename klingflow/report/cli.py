@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from klingflow.report.html import write_html
-from klingflow.report.summary import DURATION_COLUMNS, Summary, filter_history, format_usd, parse_bound, summarize
+from klingflow.report.reconcile import ReconciliationView, reconciliation_view
+from klingflow.report.summary import (
+    DURATION_COLUMNS,
+    Summary,
+    filter_history,
+    format_usd,
+    json_clean,
+    parse_bound,
+    summarize,
+)
 from klingflow.report.writer import read_history, thumb_cache_dir
 
 CSV_TABLES = ("runs", "days", "errors", "top", "jobs")
@@ -65,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         print("klingflow report: no runs match the filters", file=sys.stderr)
         return 1
     summary = summarize(df, top=args.top)
+    recon = reconciliation_view(report_dir, set(df["run_id"]))
     {"text": _print_text, "json": _print_json, "csv": _print_csv}[args.format](summary, df, args)
+    if recon is not None and args.format == "text":
+        _print_reconciliation(recon)
     if args.html:
         out = write_html(
             df,
@@ -74,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             summary=summary,
             thumbnails=not args.no_thumbnails,
             thumb_cache_dir=thumb_cache_dir(report_dir),
+            reconciliation=recon,
         )
         print(f"HTML report: {out}", file=sys.stderr)
     return 0
@@ -199,8 +213,48 @@ def _print_text(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) ->
 # ---------------------------------------------------------------- machine formats
 
 
+def _print_reconciliation(recon: ReconciliationView) -> None:
+    """The runs' newest reconciliation with fal's billing events (`klingflow reconcile`)."""
+    console = Console(file=sys.stdout, width=max(120, Console().width), highlight=False)
+    when = recon.reconciled_at.strftime("%Y-%m-%d %H:%M UTC") if recon.reconciled_at else "—"
+    console.print(
+        _table(
+            f"fal's bill (billing events, reconciled {when}): ${recon.fal_cost_usd:.2f}",
+            [
+                ("run_id", "run", "id"),
+                ("requests", "requests", "n"),
+                ("fal_cost_usd", "fal", "usd"),
+                ("report_cost_usd", "report", "usd"),
+                ("unexpected", "unexpected", "n"),
+                ("problems", "problems", "n"),
+            ],
+            recon.by_run,
+        )
+    )
+    if recon.problems:
+        console.print(
+            _table(
+                "Charges that do not match",
+                [
+                    ("status", "status", ""),
+                    ("request_id", "request", "id"),
+                    ("run_id", "run", "id"),
+                    ("job_id", "job", ""),
+                    ("fal_cost_usd", "fal", "usd"),
+                    ("report_cost_usd", "report", "usd"),
+                    ("note", "note", ""),
+                ],
+                recon.problems,
+            )
+        )
+
+
 def _print_json(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) -> None:
-    json.dump(summary.to_dict(), sys.stdout, indent=2)
+    data = summary.to_dict()
+    recon = reconciliation_view(Path(args.report_dir), set(df["run_id"]))
+    if recon is not None:
+        data["reconciliation"] = json_clean(asdict(recon))
+    json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
 
 

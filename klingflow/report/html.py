@@ -25,6 +25,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from PIL import Image
 
+from klingflow.report.reconcile import ReconciliationView
 from klingflow.report.summary import DURATION_COLUMNS, FAILED_STATUSES, Summary, format_usd, number, summarize
 from klingflow.report.writer import atomic_path
 
@@ -408,6 +409,7 @@ def render_html(
     thumb_cache_dir: Path | None = None,
     max_thumb_jobs: int = 300,
     summary: Summary | None = None,
+    reconciliation: ReconciliationView | None = None,
 ) -> str:
     """The report page for the rows in `df` (one run or many) as one HTML string."""
     summary = summary or summarize(df)
@@ -436,6 +438,7 @@ def render_html(
             multi_run=multi_run,
             thumbnails=thumbnails,
             max_thumb_jobs=max_thumb_jobs,
+            reconciliation=reconciliation,
         )
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: unit_price_usd, price_source
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -71,6 +71,8 @@ REPORT_SCHEMA = pa.schema(
         pa.field("billed_seconds", pa.float64()),
         pa.field("cost_usd", pa.float64()),
         pa.field("cost_source", pa.string()),
+        pa.field("unit_price_usd", pa.float64()),
+        pa.field("price_source", pa.string()),
         pa.field("reused", pa.bool_()),
         # timing
         pa.field("submitted_at", _TS),

@@ -60,21 +60,21 @@ class Summary:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["totals"]["estimate_delta_usd"] = self.totals.estimate_delta_usd
-        return _json_clean(data)
+        return json_clean(data)
 
 
-def _json_clean(value: Any) -> Any:
+def json_clean(value: Any) -> Any:
     """NaN → None and timestamps → ISO strings, recursively (JSON has neither)."""
     if isinstance(value, dict):
-        return {k: _json_clean(v) for k, v in value.items()}
+        return {k: json_clean(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_json_clean(v) for v in value]
+        return [json_clean(v) for v in value]
     if isinstance(value, float):
         return None if math.isnan(value) else round(value, 6)  # no 2.3520000000000003 in machine output
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return _json_clean(value.item())
+        return json_clean(value.item())
     return value
 
 

@@ -111,6 +111,8 @@ def record_to_row(
         "billed_seconds": record.billed_seconds,
         "cost_usd": record.cost_usd,
         "cost_source": record.cost_source,
+        "unit_price_usd": record.unit_price_usd,
+        "price_source": record.price_source,
         "reused": record.reused,
         "submitted_at": _utc(record.submitted_at),
         "started_at": _utc(record.started_at),

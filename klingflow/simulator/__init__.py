@@ -4,8 +4,8 @@ A loopback HTTP server (starlette + uvicorn) speaking fal's queue and storage pr
 real, unmodified fal_client (pointed at it with klingflow.fal.urls.fal_client_pointed_at) can
 upload, submit, poll, cancel and fetch results, and serves the platform API's request history; jobs
 produce real, visibly edited mp4s and successful ones are billed in a ledger. Faults are injected
-from a seeded RNG. Of the rest of klingflow it imports only klingflow.endpoint, klingflow.errors and
-klingflow.media.probe.
+from a seeded RNG. Of the rest of klingflow it imports only klingflow.endpoint, klingflow.errors,
+klingflow.hashing and klingflow.media.probe.
 
 State dir layout (everything survives a restart on the same state_dir):
 
@@ -42,7 +42,19 @@ Behaviour notes (fal's documented worst case, each configurable; decisions where
   * File URLs (GET/HEAD /files/...) are public like fal's CDN; the "fal" fallback's signed PUT URL
     is authorised by its signature. Every other non-admin route needs `Authorization: Key ...`
     (CDN upload routes: the Bearer token from /storage/auth/token).
-  * Billing: billable_seconds(output duration) x PRICE_PER_SECOND_USD, once per request id.
+  * Billing: billable_seconds(output duration) x the key's price, once per request id; the key's price
+    is PRICE_PER_SECOND_USD less SimulatorConfig.key_discounts[key id] percent. The ledger line keeps
+    the list unit_price, percent_discount, cost_subtotal and cost_usd (the charge) and the request's
+    tags. The simulator is one account: its keys are told apart by key id.
+  * X-Fal-Tags on a submit is parsed as fal's gateway does (klingflow.simulator.tags): pairs beyond
+    fal's limits are dropped, not refused.
+  * Money routes (routes_billing): GET /v1/models/pricing and POST /v1/models/pricing/estimate (any
+    key, the key's discounted price), GET /v1/models/requests/search (the caller's requests), and,
+    admin key only (SimulatorConfig.admin_key_ids, default klingflow-simulator-admin; another key
+    gets 403), GET /v1/models/billing-events (filters: window <= 90 days, endpoint, 1-50 request ids,
+    key ids, source=tagged-billed&tag=k=v) and GET /v1/models/usage (time buckets, summary). A charge
+    is listed billing_events_delay_s after it was made, tagged_billing_delay_s later through the
+    tagged source.
 """
 
 from klingflow.simulator.config import FaultConfig, RouteFaults, SimulatorConfig

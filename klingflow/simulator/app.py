@@ -1,5 +1,5 @@
-"""The ASGI app: admin, storage, platform and queue routes (submit's catch-all, then the 404 for unknown
-routes, last) and the queue's lifespan."""
+"""The ASGI app: admin, storage, billing and other platform routes, and queue routes (submit's catch-all,
+then the 404 for unknown routes, last) and the queue's lifespan."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 
 from klingflow.simulator.routes_admin import admin_routes
+from klingflow.simulator.routes_billing import billing_routes
 from klingflow.simulator.routes_platform import platform_routes
 from klingflow.simulator.routes_queue import queue_routes, unknown_route
 from klingflow.simulator.routes_storage import storage_routes
@@ -30,6 +31,7 @@ def build_app(state: SimState) -> Starlette:
     routes = [
         *admin_routes(state),
         *storage_routes(state),
+        *billing_routes(state),
         *platform_routes(state),
         *queue_routes(state),
         unknown_route(state),

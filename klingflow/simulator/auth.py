@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 TOKEN_TTL_S = 3600
+DEFAULT_ADMIN_KEY = "klingflow-simulator-admin"
 
 
 def key_from_header(value: str | None) -> str | None:

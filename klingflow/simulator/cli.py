@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from klingflow.simulator.auth import DEFAULT_ADMIN_KEY, key_id
 from klingflow.simulator.config import ROUTE_KINDS, FaultConfig, SimulatorConfig
 from klingflow.simulator.server import Simulator
 
@@ -58,6 +59,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--history-lag", type=float, default=0.0, help="seconds after its start before a request is in the history"
     )
     parser.add_argument("--seed", type=int, default=0, help="fault-injection RNG seed")
+    money = parser.add_argument_group("pricing and billing (fal's Platform API)")
+    money.add_argument(
+        "--discount", action="append", default=[], metavar="KEY=PERCENT", help="percent off the list price for a key"
+    )
+    money.add_argument(
+        "--admin-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help=f"a key allowed on billing events and usage (repeatable; default {DEFAULT_ADMIN_KEY})",
+    )
+    money.add_argument("--billing-delay", type=float, default=0.0, help="seconds before a charge is listed")
+    money.add_argument(
+        "--tagged-billing-delay", type=float, default=0.0, help="further seconds before tagged-billed lists it"
+    )
     faults = parser.add_argument_group(f"fault injection (ROUTE is one of {', '.join(ROUTE_KINDS)} or all)")
     faults.add_argument("--fault-config", type=Path, help="FaultConfig JSON file (flags below override it)")
     for flag, field in ROUTE_FLAGS.items():
@@ -111,9 +127,25 @@ def faults_from_args(args: argparse.Namespace) -> FaultConfig:
     return FaultConfig.model_validate(data)
 
 
+def discounts_from_args(specs: list[str]) -> dict[str, float]:
+    """--discount KEY=PERCENT options as key id -> percent (the raw key is not kept)."""
+    discounts = {}
+    for spec in specs:
+        key, sep, percent = spec.rpartition("=")
+        if not sep or not key:
+            raise ValueError("--discount expects KEY=PERCENT")
+        discounts[key_id(key)] = float(percent)
+    return discounts
+
+
 def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
     """The SimulatorConfig described by the parsed options."""
+    admins = {"admin_key_ids": [key_id(k) for k in args.admin_key]} if args.admin_key else {}
     return SimulatorConfig(
+        key_discounts=discounts_from_args(args.discount),
+        billing_events_delay_s=args.billing_delay,
+        tagged_billing_delay_s=args.tagged_billing_delay,
+        **admins,
         state_dir=args.state_dir or default_state_dir(),
         host=args.host,
         port=args.port,

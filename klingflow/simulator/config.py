@@ -7,6 +7,8 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from klingflow.simulator.auth import DEFAULT_ADMIN_KEY, key_id
+
 RouteKind = Literal["submit", "status", "result", "cancel", "upload", "token", "download", "platform"]
 ROUTE_KINDS: tuple[str, ...] = get_args(RouteKind)
 HttpFault = Literal["http_429", "ingress_5xx", "http_500", "drop", "drop_after"]
@@ -100,3 +102,22 @@ class SimulatorConfig(BaseModel):
     )
     faults: FaultConfig = Field(default_factory=FaultConfig)
     seed: int = 0
+    key_discounts: dict[str, float] = Field(
+        default_factory=dict, description="percent off the list price per key id (auth.key_id of the API key)"
+    )
+    admin_key_ids: list[str] = Field(
+        default_factory=lambda: [key_id(DEFAULT_ADMIN_KEY)],
+        description="key ids that may call the admin-only platform routes (billing events, usage)",
+    )
+    billing_events_delay_s: float = Field(
+        default=0.0, ge=0.0, description="seconds after a charge before billing events and usage list it"
+    )
+    tagged_billing_delay_s: float = Field(
+        default=0.0, ge=0.0, description="further seconds before source=tagged-billed lists it (fal: tagged lags)"
+    )
+
+    @model_validator(mode="after")
+    def _discounts_are_percentages(self) -> SimulatorConfig:
+        if any(not 0.0 <= pct <= 100.0 for pct in self.key_discounts.values()):
+            raise ValueError("key_discounts are percentages between 0 and 100")
+        return self

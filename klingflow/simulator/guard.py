@@ -16,6 +16,7 @@ from klingflow.simulator.auth import key_from_header, key_id
 from klingflow.simulator.responses import (
     DropResponse,
     ErrorStyle,
+    forbidden,
     ingress_error,
     internal_error,
     too_many_requests,
@@ -24,7 +25,7 @@ from klingflow.simulator.responses import (
 from klingflow.simulator.state import SimState
 
 Handler = Callable[[Request], Awaitable[Response]]
-AuthMode = Literal["key", "cdn", "none"]
+AuthMode = Literal["key", "admin", "cdn", "none"]  # admin: a key listed in SimulatorConfig.admin_key_ids
 
 
 def guarded(state: SimState, kind: str, auth: AuthMode, handler: Handler, *, style: ErrorStyle = "queue") -> Handler:
@@ -39,6 +40,8 @@ def guarded(state: SimState, kind: str, auth: AuthMode, handler: Handler, *, sty
         owner = _authenticate(state, auth, request)
         if owner is None:
             return unauthorized(style)
+        if auth == "admin" and owner not in state.config.admin_key_ids:
+            return forbidden(style)
         request.state.key_id = owner
         response = await handler(request)
         if fault == "drop_after":

@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from klingflow.endpoint import PRICE_PER_SECOND_USD
+
 QueueStatus = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
 JobFault = Literal["fail", "hang", "reject"]
 
@@ -60,6 +62,7 @@ class RequestRecord(BaseModel):
     completed_at: datetime | None = None
     start_timeout_s: float | None = None
     store_io: bool = True  # False when submitted with X-Fal-Store-IO: 0 (no payloads in the history)
+    tags: dict[str, str] = Field(default_factory=dict)  # X-Fal-Tags as the gateway kept them
     fault: JobFault | None = None
     logs: list[LogLine] = Field(default_factory=list)
     error: str | None = None
@@ -72,7 +75,8 @@ class RequestRecord(BaseModel):
 
 
 class LedgerEntry(BaseModel):
-    """One billed request (a line of ledger.jsonl). cost_usd is a Decimal, serialised as a string."""
+    """One billed request (a line of ledger.jsonl). Money is Decimal, serialised as a string: cost_usd is
+    what was charged (after the key's discount), cost_subtotal the same units at the list unit_price."""
 
     request_id: str
     endpoint: str
@@ -80,6 +84,10 @@ class LedgerEntry(BaseModel):
     input: Any
     billed_seconds: int
     cost_usd: Decimal
+    unit_price: Decimal = PRICE_PER_SECOND_USD
+    percent_discount: float | None = None
+    cost_subtotal: Decimal | None = None  # None in lines written before discounts existed: = cost_usd
+    tags: dict[str, str] = Field(default_factory=dict)
     submitted_at: datetime
     started_at: datetime | None
     completed_at: datetime

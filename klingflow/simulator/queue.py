@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import httpx
 
-from klingflow.endpoint import ENDPOINT_ID, billable_seconds, cost_usd
+from klingflow.endpoint import ENDPOINT_ID, billable_seconds
 from klingflow.simulator.config import SimulatorConfig
 from klingflow.simulator.counters import Counters
 from klingflow.simulator.faults import FaultInjector
@@ -30,6 +30,7 @@ from klingflow.simulator.jobs import JobContext, run_job
 from klingflow.simulator.ledger import Ledger
 from klingflow.simulator.models import LedgerEntry, LogLine, Outcome, RequestRecord, utcnow
 from klingflow.simulator.outcomes import JobResult, cancelled, failed, start_timeout
+from klingflow.simulator.pricing import key_price
 from klingflow.simulator.storage import Storage
 from klingflow.simulator.table import RequestTable
 
@@ -101,7 +102,13 @@ class QueueManager:
 
     # --- API --------------------------------------------------------------------------------------
     def submit(
-        self, key_id: str, payload: Any, start_timeout_s: float | None, *, store_io: bool = True
+        self,
+        key_id: str,
+        payload: Any,
+        start_timeout_s: float | None,
+        *,
+        store_io: bool = True,
+        tags: dict[str, str] | None = None,
     ) -> RequestRecord:
         """Accept a request (never rejected) and start it if the key has a free slot."""
         prompt = payload.get("prompt") if isinstance(payload, dict) else None
@@ -112,6 +119,7 @@ class QueueManager:
             input=payload,
             start_timeout_s=start_timeout_s,
             store_io=store_io,
+            tags=tags or {},
             fault=self.faults.job_fault(prompt if isinstance(prompt, str) else ""),
         )
         self.records[rec.request_id] = rec
@@ -223,13 +231,19 @@ class QueueManager:
     def _bill(self, rec: RequestRecord, seconds: int) -> None:
         rec.billed_seconds = seconds
         assert rec.completed_at is not None
+        price = key_price(self.config, rec.key_id, rec.endpoint)
+        subtotal, total = price.charge(seconds)
         entry = LedgerEntry(
             request_id=rec.request_id,
             endpoint=rec.endpoint,
             key_id=rec.key_id,
             input=rec.input,
             billed_seconds=seconds,
-            cost_usd=cost_usd(seconds),
+            cost_usd=total,
+            unit_price=price.list_price,
+            percent_discount=price.percent_discount,
+            cost_subtotal=subtotal,
+            tags=rec.tags,
             submitted_at=rec.submitted_at,
             started_at=rec.started_at,
             completed_at=rec.completed_at,

@@ -72,6 +72,13 @@ def unauthorized(style: ErrorStyle = "queue") -> Response:
     return JSONResponse({"detail": "No user found for Key ID and Secret"}, 401)
 
 
+def forbidden(style: ErrorStyle = "queue") -> Response:
+    """A valid key that may not call the route (a normal key on an admin-only platform route)."""
+    if style == "platform":
+        return platform_error(403, "authorization_error", "This endpoint requires an admin API key")
+    return JSONResponse({"detail": "Forbidden"}, 403)
+
+
 def not_found(what: str = "Request", style: ErrorStyle = "queue") -> Response:
     """Unknown or expired id, or an unknown route."""
     if style == "platform":

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from klingflow.simulator.guard import Handler, guarded
+from klingflow.simulator.guard import AuthMode, Handler, guarded
 from klingflow.simulator.models import Outcome, RequestRecord, utcnow
 from klingflow.simulator.protocol import output_body
 from klingflow.simulator.responses import not_found, platform_error
@@ -45,12 +45,12 @@ class QueryError(Exception):
         super().__init__(f"Invalid query parameter '{field}': {msg}")
 
 
-def _multi(request: Request, name: str) -> list[str]:
+def multi_param(request: Request, name: str) -> list[str]:
     """A parameter given repeated and/or as a comma-separated list."""
     return [part.strip() for raw in request.query_params.getlist(name) for part in raw.split(",") if part.strip()]
 
 
-def _instant(request: Request, name: str) -> datetime | None:
+def instant_param(request: Request, name: str) -> datetime | None:
     """An ISO8601 datetime or date parameter as aware UTC (naive values are taken as UTC)."""
     raw = request.query_params.get(name)
     if not raw:
@@ -65,12 +65,12 @@ def _instant(request: Request, name: str) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _limit(request: Request) -> int:
+def limit_param(request: Request, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
-        return DEFAULT_LIMIT
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise QueryError("limit", f"Input should be an integer between 1 and {MAX_LIMIT}")
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise QueryError("limit", f"Input should be an integer between 1 and {maximum}")
     return int(raw)
 
 
@@ -79,7 +79,7 @@ def encode_cursor(offset: int) -> str:
     return base64.urlsafe_b64encode(str(offset).encode()).decode()
 
 
-def _offset(request: Request) -> int:
+def cursor_offset(request: Request) -> int:
     raw = request.query_params.get("cursor")
     if not raw:
         return 0
@@ -117,7 +117,7 @@ def _ended(rec: RequestRecord) -> datetime | None:
     return rec.completed_at if rec.status == "COMPLETED" else None
 
 
-def _duration(rec: RequestRecord) -> float | None:
+def request_duration(rec: RequestRecord) -> float | None:
     ended = _ended(rec)
     return (ended - (rec.started_at or rec.submitted_at)).total_seconds() if ended else None
 
@@ -132,7 +132,7 @@ def history_item(rec: RequestRecord, base: str, *, payloads: bool) -> dict[str, 
         "started_at": rec.started_at.isoformat() if rec.started_at else None,
         "ended_at": ended.isoformat() if ended else None,
         "status_code": status_code(rec),
-        "duration": _duration(rec),
+        "duration": request_duration(rec),
     }
     if payloads:
         stored = rec.store_io
@@ -149,7 +149,7 @@ def sort_key(rec: RequestRecord, by: str) -> tuple[bool, float, float, str]:
     """Descending-sort key: unfinished (null) values first, then the value, then start time and id
     (so offset cursors page over a stable order)."""
     ended = _ended(rec)
-    value = _duration(rec) if by == "duration" else ended.timestamp() if ended else None
+    value = request_duration(rec) if by == "duration" else ended.timestamp() if ended else None
     started = rec.started_at.timestamp() if rec.started_at else 0.0
     return (value is None, value or 0.0, started, rec.request_id)
 
@@ -172,10 +172,10 @@ class HistoryQuery:
     @classmethod
     def parse(cls, request: Request, owner: str) -> HistoryQuery:
         """Read and check the query parameters (raises QueryError)."""
-        endpoints = frozenset(_multi(request, "endpoint_id"))
+        endpoints = frozenset(multi_param(request, "endpoint_id"))
         if not endpoints:
             raise QueryError("endpoint_id", "Field required")
-        statuses = frozenset(_multi(request, "status"))
+        statuses = frozenset(multi_param(request, "status"))
         if statuses - STATUS_FILTERS:
             raise QueryError("status", f"Input should be one of {', '.join(sorted(STATUS_FILTERS))}")
         sort_by = request.query_params.get("sort_by") or SORT_KEYS[0]
@@ -184,13 +184,13 @@ class HistoryQuery:
         return cls(
             key_id=owner,
             endpoints=endpoints,
-            start=_instant(request, "start") or utcnow() - DEFAULT_WINDOW,
-            end=_instant(request, "end"),
+            start=instant_param(request, "start") or utcnow() - DEFAULT_WINDOW,
+            end=instant_param(request, "end"),
             statuses=statuses,
-            request_ids=frozenset(_multi(request, "request_id")),
-            limit=_limit(request),
-            offset=_offset(request),
-            payloads="payloads" in _multi(request, "expand"),
+            request_ids=frozenset(multi_param(request, "request_id")),
+            limit=limit_param(request),
+            offset=cursor_offset(request),
+            payloads="payloads" in multi_param(request, "expand"),
             sort_by=sort_by,
         )
 
@@ -210,17 +210,25 @@ def history_page(records: list[RequestRecord], query: HistoryQuery, base: str, l
     """The page of listed, matching records in `sort_by` order, with the cursor of the next one."""
     rows = [rec for rec in records if listed(rec, lag_s) and query.matches(rec)]
     rows.sort(key=lambda rec: sort_key(rec, query.sort_by), reverse=True)
-    end = query.offset + query.limit
-    has_more = end < len(rows)
+    page, cursor, more = page_of(rows, query.offset, query.limit)
     return {
-        "items": [history_item(rec, base, payloads=query.payloads) for rec in rows[query.offset : end]],
-        "next_cursor": encode_cursor(end) if has_more else None,
-        "has_more": has_more,
+        "items": [history_item(rec, base, payloads=query.payloads) for rec in page],
+        "next_cursor": cursor,
+        "has_more": more,
     }
 
 
+def page_of(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str | None, bool]:
+    """One page of `items` from `offset`: the page, the next page's cursor and whether there is one."""
+    end = offset + limit
+    more = end < len(items)
+    return items[offset:end], encode_cursor(end) if more else None, more
+
+
 def platform_routes(state: SimState) -> list[Route]:
-    """Platform API routes; they must precede the queue routes (whose submit path would swallow them).
+    """The request history and the 404 of unknown `/v1/...` routes (so other platform routes, e.g.
+    routes_billing's, come before these); they must precede the queue routes (whose submit path would
+    swallow them).
 
     Counted, faulted (route kind "platform") and keyed like the queue routes, in the platform error shape.
     """
@@ -236,10 +244,12 @@ def platform_routes(state: SimState) -> list[Route]:
     async def unknown(request: Request) -> Response:
         return not_found("Route", style="platform")
 
-    def route(path: str, handler: Handler, methods: list[str]) -> Route:
-        return Route(path, guarded(state, "platform", "key", handler, style="platform"), methods=methods)
-
     return [
-        route("/v1/models/requests/by-endpoint", by_endpoint, ["GET"]),
-        route("/v1/{path:path}", unknown, ANY_METHOD),
+        platform_route(state, "/v1/models/requests/by-endpoint", by_endpoint, ["GET"]),
+        platform_route(state, "/v1/{path:path}", unknown, ANY_METHOD),
     ]
+
+
+def platform_route(state: SimState, path: str, handler: Handler, methods: list[str], auth: AuthMode = "key") -> Route:
+    """A platform API route: counted and faulted as kind "platform", errors in the platform shape."""
+    return Route(path, guarded(state, "platform", auth, handler, style="platform"), methods=methods)

@@ -14,6 +14,7 @@ from klingflow.simulator.guard import guarded
 from klingflow.simulator.protocol import APP_PREFIX, result_response, status_body, submit_body
 from klingflow.simulator.responses import not_found
 from klingflow.simulator.state import SimState
+from klingflow.simulator.tags import parse_tags
 
 KNOWN_APPS = frozenset({APP_PREFIX, ENDPOINT_ID})
 TRUTHY = frozenset({"1", "true", "yes"})
@@ -84,7 +85,13 @@ def queue_routes(state: SimState) -> list[Route]:
             return JSONResponse(
                 {"detail": [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]}, 422
             )
-        rec = queue.submit(request.state.key_id, payload, _start_timeout(request), store_io=_store_io(request))
+        rec = queue.submit(
+            request.state.key_id,
+            payload,
+            _start_timeout(request),
+            store_io=_store_io(request),
+            tags=parse_tags(request.headers.get("x-fal-tags")),
+        )
         body = submit_body(rec, base_url(request), queue.queue_position(rec))
         return JSONResponse(body, 200, headers={"x-fal-request-id": rec.request_id})
 

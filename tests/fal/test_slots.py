@@ -32,6 +32,13 @@ async def test_limit_is_created_once_and_then_left_alone() -> None:
     assert await ensure_global_limit(name, 1) == 3
 
 
+async def test_runs_creating_the_limit_at_once_all_get_it() -> None:
+    """Runs started together all find the limit missing: one creates it, the others take it (no 409)."""
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    limits = await asyncio.gather(*(ensure_global_limit(name, 3 + n) for n in range(8)))
+    assert len(set(limits)) == 1 and limits[0] in range(3, 11)
+
+
 async def test_never_more_than_size_at_once_and_every_job_runs() -> None:
     """Ten jobs through two slots: at most two hold a slot at any moment, all ten run, and the run's
     exit gives every slot back."""

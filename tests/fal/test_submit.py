@@ -10,7 +10,7 @@ import pytest
 
 from klingflow.fal.outcomes import Accepted, Done, Failure, Rejected, Unknown
 from klingflow.fal.queue import Backoff, FalQueue, Target
-from klingflow.fal.submit import edit_arguments, payload_sha256, submit_headers
+from klingflow.fal.submit import edit_arguments, pack_tags, payload_sha256, request_tags, submit_headers
 from klingflow.media.synth import make_clip
 from klingflow.models import JobRecord
 from klingflow.simulator import FaultConfig, RouteFaults
@@ -83,3 +83,29 @@ def test_arguments_follow_the_endpoint_schema_and_hash_stably() -> None:
     args = edit_arguments(record)
     assert args["keep_audio"] is True and args["shot_type"] == "customize" and args["image_urls"] == []
     assert payload_sha256(args) == payload_sha256(dict(reversed(list(args.items()))))
+
+
+def test_a_request_is_tagged_with_its_run_and_its_job_key_prefix() -> None:
+    tags = request_tags("6f1c0d2e-run", "ab" * 32)
+    assert tags == {"klingflow.run": "6f1c0d2e-run", "klingflow.job": "ab" * 8}
+    assert submit_headers(10, tags)["X-Fal-Tags"] == f"klingflow.run=6f1c0d2e-run,klingflow.job={'ab' * 8}"
+    assert "X-Fal-Tags" not in submit_headers(10)
+
+
+@pytest.mark.parametrize(
+    ("tags", "why"),
+    [
+        ({"Klingflow.run": "x"}, "tag key"),  # upper case
+        ({"fal.run": "x"}, "tag key"),  # fal's reserved prefix
+        ({"k" * 65: "x"}, "tag key"),
+        ({"k": "v" * 257}, "value"),
+        ({"k": "a,b"}, "value"),  # would split into two pairs
+        ({"k": "a=b"}, "value"),
+        ({"k": ""}, "value"),
+        ({f"k{i}": "v" for i in range(11)}, "at most 10"),
+        ({f"k{i}": "v" * 200 for i in range(6)}, "1024"),
+    ],
+)
+def test_a_tag_fals_gateway_would_drop_is_refused_before_sending(tags: dict[str, str], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        pack_tags(tags)

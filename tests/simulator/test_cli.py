@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from klingflow.simulator.auth import DEFAULT_ADMIN_KEY, key_id
 from klingflow.simulator.cli import add_arguments, config_from_args
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,25 @@ def test_money_and_platform_flags(tmp_path: Path):
     assert cfg.history_lag_s == 30.0
     assert cfg.faults.cancel_running_completes_rate == 0.25 and cfg.faults.invalid_billed_rate == 0.5
     assert cfg.faults.platform.http_500 == 0.2 and cfg.faults.platform.http_429 == 0.1
+
+
+def test_billing_flags_keep_key_ids_only(tmp_path: Path):
+    """--discount and --admin-key take raw keys and keep their ids; the delays reach the config."""
+    base = ("--state-dir", str(tmp_path))
+    defaults = config_from_args(_parse(*base))
+    assert defaults.key_discounts == {} and defaults.admin_key_ids == [key_id(DEFAULT_ADMIN_KEY)]
+    cfg = config_from_args(
+        _parse(
+            *base, "--discount", "key:with=equals=20", "--admin-key", "boss", "--admin-key", "ops",
+            "--billing-delay", "5", "--tagged-billing-delay", "60",
+        )
+    )  # fmt: skip
+    assert cfg.key_discounts == {key_id("key:with=equals"): 20.0}
+    assert cfg.admin_key_ids == [key_id("boss"), key_id("ops")]
+    assert (cfg.billing_events_delay_s, cfg.tagged_billing_delay_s) == (5.0, 60.0)
+    assert "boss" not in cfg.model_dump_json() and "key:with" not in cfg.model_dump_json()
+    with pytest.raises(ValueError, match="percentages"):
+        config_from_args(_parse(*base, "--discount", "k=150"))
 
 
 def test_bad_fault_flag_is_rejected(tmp_path: Path):

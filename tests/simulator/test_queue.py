@@ -235,9 +235,10 @@ def test_start_timeout_header_newer_name(make_sim, client: fal_client.SyncClient
 def test_unknown_routes_are_404(sim: Simulator, client: fal_client.SyncClient, media):
     """Unknown platform routes are 404 in the platform shape, other unknown paths/methods 404; submit still works."""
     for method, path in (
-        ("GET", "/v1/models/pricing"),
-        ("POST", "/v1/models/pricing/estimate"),
+        ("GET", "/v1/models/prices"),
+        ("GET", "/v1/models/billing"),
         ("PUT", "/v1/models/requests/by-endpoint"),
+        ("DELETE", "/v1/models/pricing"),
     ):
         response = httpx.request(method, sim.url + path, headers=AUTH, json={})
         assert response.status_code == 404 and response.json()["error"]["type"] == "not_found", path
