@@ -46,6 +46,10 @@ MAX_IMAGE_ASPECT = 2.5
 DEFAULT_SHOT_TYPE = "customize"
 SHOT_TYPES = frozenset({"customize"})  # the only value the schema documents
 
+# fal does not document a prompt limit for this endpoint; Kling's own API takes at most 2,500 characters
+# (assumption), and a longer prompt is refused here before anything is paid.
+MAX_PROMPT_CHARS = 2500
+
 PROMPT_REFERENCE = re.compile(r"@(Video|Image|Element)(\d+)")
 
 
@@ -87,9 +91,11 @@ class EditOutput(BaseModel):
 
 
 def prompt_reference_errors(prompt: str, *, has_video: bool, n_images: int, n_elements: int) -> list[str]:
-    """Every problem with a prompt and its references: empty, too many references, dangling ones."""
+    """Every problem with a prompt and its references: empty or too long, too many references, dangling ones."""
     count = reference_count_error(n_images, n_elements)
     empty = [] if prompt.strip() else ["prompt is empty"]
+    if len(prompt) > MAX_PROMPT_CHARS:
+        empty.append(f"prompt is {len(prompt):,} characters long; at most {MAX_PROMPT_CHARS:,} are taken")
     return (
         empty
         + ([count] if count else [])

@@ -1,16 +1,22 @@
 """Read a manifest (CSV, JSONL or YAML) into job records, one per row.
 
-Relative paths resolve against the manifest's folder. A row that cannot be read becomes a failed
-job naming the row and the reason; the rest of the batch goes on. Only a manifest that cannot be
-read at all raises ManifestError.
+Relative paths resolve against the manifest's folder; `file://` URLs are paths, http(s) URLs stay
+URLs, and any other scheme fails its row. A row that cannot be read becomes a failed job naming the
+row and the reason; the rest of the batch goes on. A manifest that cannot be read at all, or has no
+rows, raises ManifestError.
+
+Spreadsheets are read as people save them: a UTF-8 BOM, `;` or tab as the delimiter (sniffed),
+headers in any case. Columns klingflow does not know are said once and left out of the request.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import ValidationError
@@ -23,11 +29,19 @@ _LIST_FIELDS = ("images", "elements")
 MAX_ID_CHARS = 128
 _TRUE = {"1", "true", "yes", "y", "on"}
 _FALSE = {"0", "false", "no", "n", "off"}
+COLUMNS = frozenset(ManifestRow.model_fields)
+DELIMITERS = ",;\t"
+URL_SCHEMES = ("http://", "https://")
+
+log = logging.getLogger(__name__)
 
 
-def load_manifest(path: str | Path) -> list[JobRecord]:
-    """Every row of the manifest as a job record (failed rows carry their error)."""
+def load_manifest(path: str | Path, logger: logging.Logger | logging.LoggerAdapter | None = log) -> list[JobRecord]:
+    """Every row of the manifest as a job record (failed rows carry their error); unknown columns are said to
+    `logger` (None: not said, for a check the run repeats)."""
     manifest = Path(path).expanduser().resolve()
+    if manifest.is_dir():
+        raise ManifestError(f"manifest {manifest}: is a folder; give the manifest file in it (.csv, .jsonl or .yaml)")
     if not manifest.is_file():
         raise ManifestError(f"manifest {manifest}: file not found")
     kind = SUFFIXES.get(manifest.suffix.lower())
@@ -35,15 +49,50 @@ def load_manifest(path: str | Path) -> list[JobRecord]:
         raise ManifestError(f"manifest {manifest}: unknown format {manifest.suffix!r} (use .csv, .jsonl or .yaml)")
     try:
         raw_rows = _READERS[kind](manifest)
-    except (OSError, UnicodeDecodeError, csv.Error, yaml.YAMLError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            f"manifest {manifest}: is not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            "save it as UTF-8 (in Excel: Save As, 'CSV UTF-8')"
+        ) from exc
+    except (OSError, csv.Error, yaml.YAMLError) as exc:
         raise ManifestError(f"manifest {manifest}: cannot be read ({exc})") from exc
+    if not raw_rows:
+        raise ManifestError(f"manifest {manifest}: the manifest has no rows")
+    raw_rows = _known_columns(raw_rows, manifest, logger)
     records = [_record(i, raw, manifest) for i, raw in enumerate(raw_rows, start=1)]
     return _fail_duplicate_ids(records, manifest)
 
 
+def _known_columns(rows: list[Any], manifest: Path, logger: logging.Logger | logging.LoggerAdapter | None) -> list[Any]:
+    """Rows with their column names lower-cased and unknown columns left out (said once, for the file)."""
+    unknown: set[str] = set()
+    kept: list[Any] = []
+    for row in rows:
+        if not isinstance(row, dict):
+            kept.append(row)
+            continue
+        named = {str(k).strip().lower(): v for k, v in row.items() if k is not None and str(k).strip()}
+        unknown |= named.keys() - COLUMNS
+        kept.append({k: v for k, v in named.items() if k in COLUMNS})
+    if unknown and logger is not None:
+        logger.warning(
+            "manifest %s: column(s) %s are not klingflow's and are left out of the requests (klingflow reads: %s)",
+            manifest,
+            ", ".join(sorted(unknown)),
+            ", ".join(sorted(COLUMNS)),
+        )
+    return kept
+
+
 def _read_csv(path: Path) -> list[Any]:
     with path.open(newline="", encoding="utf-8-sig") as fh:
-        return [_from_csv(row) for row in csv.DictReader(fh)]
+        sample = fh.read(64 * 1024)
+        fh.seek(0)
+        try:
+            dialect: type[csv.Dialect] | csv.Dialect = csv.Sniffer().sniff(sample.partition("\n")[0], DELIMITERS)
+        except csv.Error:
+            dialect = csv.excel  # one column, or nothing to tell: the comma
+        return [_from_csv(row) for row in csv.DictReader(fh, delimiter=dialect.delimiter)]
 
 
 def _read_jsonl(path: Path) -> list[Any]:
@@ -60,6 +109,8 @@ def _read_jsonl(path: Path) -> list[Any]:
 
 def _read_yaml(path: Path) -> list[Any]:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if data is None:
+        return []
     if isinstance(data, dict):
         data = data.get("jobs")
     if not isinstance(data, list):
@@ -79,7 +130,9 @@ class _Unreadable:
 
 def _from_csv(row: dict[str, str | None]) -> dict[str, Any] | _Unreadable:
     """CSV cells are strings: lists are JSON or ';'-separated, elements are JSON, booleans are words."""
-    out: dict[str, Any] = {k.strip(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k}
+    out: dict[str, Any] = {
+        k.strip().lower(): (v.strip() if isinstance(v, str) else v) for k, v in row.items() if k and k.strip()
+    }
     for key in _LIST_FIELDS:
         cell = out.get(key)
         if not cell:
@@ -106,6 +159,8 @@ def _from_csv(row: dict[str, str | None]) -> dict[str, Any] | _Unreadable:
 
 def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
     base = manifest.parent
+    if isinstance(raw, dict) and (bad := _bad_reference(raw)):
+        return _failed_row(index, bad, manifest, job_id=str(raw.get("id") or "") or None)
     if isinstance(raw, _Unreadable):
         return _failed_row(index, raw.reason, manifest)
     if not isinstance(raw, dict):
@@ -153,11 +208,34 @@ def _failed_row(index: int, reason: str, manifest: Path, job_id: str | None = No
     return JobRecord(job_id=job_id, row=index, prompt="", video="").fail(Stage.manifest, reason, path=str(manifest))
 
 
+def _references(raw: dict[str, Any]) -> list[str]:
+    """Every file reference of a raw row: its video, images and element images."""
+    refs = [raw.get("video"), *(raw.get("images") or [])]
+    for element in raw.get("elements") or []:
+        if isinstance(element, dict):
+            refs += [element.get("frontal"), *(element.get("references") or [])]
+    return [r.strip() for r in refs if isinstance(r, str)]
+
+
+def _bad_reference(raw: dict[str, Any]) -> str | None:
+    """Why a row names a file by a URL scheme klingflow cannot fetch (ftp://, s3://, ...), or None."""
+    for ref in _references(raw):
+        scheme, sep, _ = ref.partition("://")
+        if sep and scheme.isascii() and scheme.replace("+", "").replace("-", "").isalnum():
+            if ref.lower().startswith(("file://", *URL_SCHEMES)):
+                continue
+            return f"{ref!r}: the {scheme}:// scheme is not supported; use a local path, file://, http:// or https://"
+    return None
+
+
 def _resolve(ref: str, base: Path) -> str:
-    """URLs stay as they are; local paths become absolute, relative to the manifest's folder."""
+    """http(s) URLs stay as they are; file:// URLs and local paths become absolute paths, relative ones to the
+    manifest's folder."""
     ref = ref.strip()
-    if ref.startswith(("http://", "https://")):
+    if ref.lower().startswith(URL_SCHEMES):
         return ref
+    if ref.lower().startswith("file://"):
+        ref = unquote(urlsplit(ref).path)
     path = Path(ref).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
 

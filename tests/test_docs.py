@@ -53,3 +53,9 @@ def test_every_reconciliation_field_is_documented() -> None:
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| ")]
     named = {name.strip() for row in rows for name in row.split(",")}
     assert set(RECONCILIATION_SCHEMA.names) <= named, set(RECONCILIATION_SCHEMA.names) - named
+
+
+def test_every_prefect_server_start_in_the_readme_turns_telemetry_off() -> None:
+    """Nothing here reaches the internet, and a local server's users rarely want telemetry."""
+    starts = [line for line in README.splitlines() if "prefect server start --" in line]
+    assert starts and all("PREFECT_SERVER_ANALYTICS_ENABLED=false" in line for line in starts)

@@ -7,6 +7,7 @@ from decimal import Decimal
 import pytest
 
 from klingflow.endpoint import (
+    MAX_PROMPT_CHARS,
     EditInput,
     billable_seconds,
     cost_usd,
@@ -61,3 +62,11 @@ def test_input_schema_defaults() -> None:
     """keep_audio defaults to true and shot_type to customize, as the schema says."""
     payload = EditInput(prompt="p", video_url="https://x/v.mp4")
     assert payload.keep_audio is True and payload.shot_type == "customize"
+
+
+def test_a_prompt_over_the_limit_is_refused_before_any_spend() -> None:
+    ok = "Make @Video1 snowy " + "x" * (MAX_PROMPT_CHARS - 19)
+    assert len(ok) == MAX_PROMPT_CHARS
+    assert prompt_reference_errors(ok, has_video=True, n_images=0, n_elements=0) == []
+    (error,) = prompt_reference_errors(ok + "!", has_video=True, n_images=0, n_elements=0)
+    assert error == "prompt is 2,501 characters long; at most 2,500 are taken"

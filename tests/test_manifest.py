@@ -46,8 +46,9 @@ def test_jsonl_and_yaml_give_the_same_jobs(tmp_path: Path) -> None:
     assert from_jsonl[1].video == "/abs/w.mov"
 
 
-def test_bad_rows_fail_alone_naming_row_file_and_reason(tmp_path: Path) -> None:
-    """A row without a prompt, a broken JSON line or a duplicate id fails; the other rows load."""
+def test_bad_rows_fail_alone_naming_row_file_and_reason(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A row without a prompt, a broken JSON line or a duplicate id fails; the other rows load; an unknown
+    key is said once and left out."""
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         '{"id": "ok", "prompt": "p", "video": "v.mp4"}\n'
@@ -57,12 +58,12 @@ def test_bad_rows_fail_alone_naming_row_file_and_reason(tmp_path: Path) -> None:
         '{"id": "extra", "prompt": "p", "video": "v.mp4", "colour": "red"}\n'
     )
     jobs = load_manifest(manifest)
-    assert [j.status for j in jobs] == ["pending", "failed", "failed", "failed", "failed"]
+    assert [j.status for j in jobs] == ["pending", "failed", "failed", "failed", "pending"]
     assert "row 2" in jobs[1].error and str(manifest) in jobs[1].error and "prompt" in jobs[1].error
     assert "row 3" in jobs[2].error and "invalid JSON" in jobs[2].error
     assert "already used by row 1" in jobs[3].error
-    assert "colour" in jobs[4].error
-    assert all(j.error_stage == "manifest" for j in jobs[1:])
+    assert all(j.error_stage == "manifest" for j in jobs[1:4])
+    assert caplog.text.count("colour") == 1 and "left out of the requests" in caplog.text
 
 
 def test_keep_audio_word_must_be_boolean(tmp_path: Path) -> None:
@@ -95,3 +96,75 @@ def test_demo_manifest_loads_clean() -> None:
     jobs = load_manifest(Path(__file__).parent.parent / "data" / "demo" / "manifest.csv")
     assert len(jobs) == 4 and all(j.status == "pending" for j in jobs)
     assert jobs[3].keep_audio is False and jobs[3].elements[0].references
+
+
+SPREADSHEET = (
+    "ID;Prompt;Video;Notes;KEEP_AUDIO\n"
+    "shot-1;Make @Video1 snowy;a.mp4;client asked twice;no\n"
+    "shot-2;Paint @Video1;b.mp4;;yes\n"
+)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig"])
+def test_a_saved_spreadsheet_loads_every_row(tmp_path: Path, caplog: pytest.LogCaptureFixture, encoding: str) -> None:
+    """Capitalised headers, ';' as the delimiter, a BOM and an extra `notes` column: every row loads, the
+    unknown column is said once and is in no job."""
+    manifest = tmp_path / "sheet.csv"
+    manifest.write_text(SPREADSHEET, encoding=encoding)
+    jobs = load_manifest(manifest)
+    assert [(j.job_id, j.status, j.keep_audio) for j in jobs] == [
+        ("shot-1", "pending", False),
+        ("shot-2", "pending", True),
+    ]
+    assert jobs[0].video == str(tmp_path / "a.mp4") and jobs[0].prompt == "Make @Video1 snowy"
+    assert caplog.text.count("notes") == 1
+    tabbed = tmp_path / "tabs.csv"
+    tabbed.write_text(SPREADSHEET.replace(";", "\t"))
+    assert [j.job_id for j in load_manifest(tabbed)] == ["shot-1", "shot-2"]
+
+
+def test_a_latin1_manifest_is_told_to_be_saved_as_utf8(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("prompt,video\nCaf\u00e9 @Video1,a.mp4\n".encode("latin-1"))
+    with pytest.raises(ManifestError, match="save it as UTF-8"):
+        load_manifest(manifest)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("m.csv", ""),
+        ("m.csv", "id,prompt,video\n"),
+        ("m.jsonl", ""),
+        ("m.jsonl", "\n\n"),
+        ("m.yaml", ""),
+        ("m.yaml", "jobs: []\n"),
+    ],
+)
+def test_a_manifest_without_rows_is_one_error(tmp_path: Path, name: str, text: str) -> None:
+    """Empty or header-only, in every format: the same error (the run exits 2), never '0/0 succeeded'."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ManifestError, match="the manifest has no rows"):
+        load_manifest(tmp_path / name)
+
+
+def test_a_folder_given_as_the_manifest_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="is a folder"):
+        load_manifest(tmp_path)
+
+
+def test_file_urls_are_paths_and_other_schemes_fail_their_row(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"id": "file", "prompt": "p", "video": f"file://{tmp_path}/my%20clip.mp4", "images": ["file:///abs/ref.png"]},
+        {"id": "ftp", "prompt": "p", "video": "ftp://host/clip.mp4"},
+        {"id": "s3-image", "prompt": "p", "video": "clip.mp4", "images": ["s3://bucket/ref.png"]},
+        {"id": "web", "prompt": "p", "video": "https://example.com/clip.mp4"},
+    ]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    jobs = {j.job_id: j for j in load_manifest(manifest)}
+    assert jobs["file"].video == str(tmp_path / "my clip.mp4") and jobs["file"].images == ["/abs/ref.png"]
+    assert jobs["ftp"].status == "failed" and "ftp:// scheme is not supported" in jobs["ftp"].error
+    assert "row 2 (ftp)" in jobs["ftp"].error
+    assert jobs["s3-image"].status == "failed" and "s3://" in jobs["s3-image"].error
+    assert jobs["web"].video == "https://example.com/clip.mp4" and jobs["web"].status == "pending"

@@ -15,13 +15,17 @@ import sys
 from collections.abc import Sequence
 from typing import get_args
 
-from klingflow.models import EditParams
+from pydantic import ValidationError
+
+from klingflow import __version__
+from klingflow.models import Backend, EditParams
 
 EXIT_OK, EXIT_JOBS_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="klingflow", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"klingflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the edits of a manifest")
@@ -114,9 +118,42 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> EditParams:
-    """The run's parameters: the options given, EditParams' defaults for the rest."""
+    """The run's parameters: the options given, EditParams' defaults for the rest (ValueError: one line
+    naming each bad option)."""
     given = {name: value for name in RUN_OPTIONS.values() if (value := getattr(args, name)) is not None}
-    return EditParams(manifest=args.manifest, **given)
+    try:
+        return EditParams(manifest=args.manifest, **given)
+    except ValidationError as exc:
+        flags = {name: flag for flag, name in RUN_OPTIONS.items()}
+        problems = [
+            f"{flags.get(str(error['loc'][0]), error['loc'][0]) if error['loc'] else 'options'} "
+            f"{error['input']!r}: {error['msg'][0].lower()}{error['msg'][1:]}"
+            for error in exc.errors(include_url=False)
+        ]
+        raise ValueError("; ".join(problems)) from None
+
+
+def key_problem(params: EditParams) -> str | None:
+    """Why a run on the real fal cannot start for want of a key, said before preprocessing starts, and before
+    Prefect starts unless klingflow's local server (which the run starts anyway) may hold the `fal-key` block."""
+    if params.backend is not Backend.fal:
+        return None
+    from klingflow.app.local_prefect import LocalServer, LocalServerError, prefect_api
+    from klingflow.fal.backend import resolve_fal_key
+
+    key = resolve_fal_key()  # the environment, or the block of the server at PREFECT_API_URL
+    if not key and not os.environ.get("PREFECT_API_URL") and (LocalServer.default().root / "home").exists():
+        try:
+            with prefect_api():
+                key = resolve_fal_key()
+        except LocalServerError:
+            return None  # the run says why the server cannot start
+    if key:
+        return None
+    return (
+        "--backend fal needs a fal key: set FAL_KEY, or store it with `FAL_KEY=... klingflow setup "
+        "--fal-key-from-env` (a Prefect Secret block 'fal-key')"
+    )
 
 
 def run_flow(params: EditParams, *, verbose: bool = False) -> int:
@@ -165,6 +202,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"klingflow: {exc}", file=sys.stderr)
             return EXIT_CANNOT_RUN
+        if problem := key_problem(params):
+            if not params.dry_run:
+                print(f"klingflow: {problem}", file=sys.stderr)
+                return EXIT_CANNOT_RUN
+            print(
+                f"klingflow: warning: {problem}; this dry run sends nothing, a real run would stop here",
+                file=sys.stderr,
+            )
         return run_flow(params, verbose=args.verbose)
     if args.command == "demo":
         from klingflow.app.demo import run_demo

@@ -31,7 +31,7 @@ async def run_with_progress(params: EditParams, *, verbose: bool = False):
     from flows.edit_videos import RunSummary, edit_videos
 
     try:  # read once here too: a bad manifest fails in milliseconds, before Prefect's start-up
-        total = len(load_manifest(params.manifest))
+        total = len(load_manifest(params.manifest, logger=None))  # the run says what is wrong with it
     except KlingflowError as exc:
         console.print(f"[red]klingflow: {exc}[/red]")
         return None

@@ -275,12 +275,23 @@ def _csv_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, pd.Timestamp) else value
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection: cells a spreadsheet would evaluate
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: one that would start a formula gets a leading apostrophe (OWASP's
+    advice); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return "" if value is None else value
+
+
 def _print_csv(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) -> None:
     rows = _csv_rows(summary, df, args.table)
-    fields = list(rows[0]) if rows else []
-    writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    fields = [csv_safe(f) for f in rows[0]] if rows else []
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(fields)
+    writer.writerows([csv_safe(v) for v in row.values()] for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

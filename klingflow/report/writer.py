@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -195,11 +195,11 @@ def thumb_cache_dir(report_dir: Path) -> Path:
 def atomic_path(final: Path, *, fsync: bool = False) -> Iterator[Path]:
     """A dot-prefixed temp path next to `final`, renamed over it when the block succeeds (else removed).
 
-    Readers never see a half-written file, and dataset discovery skips the temp file.
+    Readers never see a half-written file, and dataset discovery skips the temp file. The file follows the
+    umask (reports are for analysts; tempfile's 0600 would hide them), like any file the user writes.
     """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
         if fsync:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
-from klingflow.app.cli import RUN_OPTIONS, build_parser, params_from_args
+from klingflow import __version__
+from klingflow.app.cli import RUN_OPTIONS, build_parser, main, params_from_args
 from klingflow.models import EditParams
 
 
@@ -74,3 +78,36 @@ def test_help_shows_each_fields_default(capsys: pytest.CaptureFixture[str]) -> N
         build_parser().parse_args(["run", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 3600.0)" in text and "(default: 900.0)" in text
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"klingflow {__version__}"
+
+
+def test_bad_values_are_one_line_naming_each_option(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "m.csv", "--concurrency", "0", "--timeout", "-1"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "klingflow: --concurrency 0: input should be greater than or equal to 1; "
+        "--timeout -1.0: input should be greater than 0"
+    )
+
+
+def test_fal_without_a_key_stops_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No key anywhere (no FAL_KEY, no Prefect server that could hold the block): exit 2 at once; a dry run only
+    warns (then goes on: here to the empty manifest, which stops it before Prefect starts)."""
+    monkeypatch.delenv("FAL_KEY")
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,prompt,video\n")
+    assert main(["run", str(manifest), "--backend", "fal"]) == 2
+    assert "--backend fal needs a fal key: set FAL_KEY" in capsys.readouterr().err
+    assert main(["run", str(manifest), "--backend", "fal", "--dry-run"]) == 2
+    err = " ".join(capsys.readouterr().err.split())  # the terminal wraps lines
+    assert "warning: --backend fal needs a fal key" in err and "a real run would stop here" in err
+    assert "the manifest has no rows" in err
+    assert not (Path(os.environ["KLINGFLOW_HOME"]) / "prefect-server").exists()  # no Prefect server was started

@@ -133,3 +133,18 @@ def test_parse_bound_day_semantics() -> None:
     assert parse_bound("2025-03-01", end=False).isoformat() == "2025-03-01T00:00:00+00:00"
     assert parse_bound("2025-03-01", end=True).isoformat() == "2025-03-02T00:00:00+00:00"
     assert parse_bound("2025-03-01T12:00+02:00", end=True).isoformat() == "2025-03-01T10:00:00+00:00"
+
+
+def test_csv_cells_a_spreadsheet_would_evaluate_are_neutralised(tmp_path: Path, capsys) -> None:
+    """OWASP CSV injection: ids and prompts starting with = + - @ (or tab/CR) get a leading apostrophe."""
+    from tests.report.test_support import succeeded, write_run
+
+    evil = succeeded("@SUM(A1)", 1).with_(prompt='=HYPERLINK("http://x","click") @Video1')
+    write_run(tmp_path, "run-x", [evil, succeeded("-1", 2).with_(prompt="+plain @Video1")])
+    _, out, _ = _run([str(tmp_path), "--format", "csv", "--table", "jobs"], capsys)
+    jobs = list(csv.DictReader(io.StringIO(out)))
+    assert [j["job_id"] for j in jobs] == ["'@SUM(A1)", "'-1"]
+    assert jobs[0]["prompt"].startswith("'=HYPERLINK") and jobs[1]["prompt"] == "'+plain @Video1"
+    assert float(jobs[0]["cost_usd"]) > 0  # numbers stay numbers
+    _, out, _ = _run([str(tmp_path), "--format", "csv", "--table", "top"], capsys)
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in csv.reader(io.StringIO(out)) for cell in row)

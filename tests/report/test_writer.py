@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -204,3 +205,14 @@ def test_read_history_fills_columns_added_later(tmp_path: Path) -> None:
     df = read_history(tmp_path)
     assert list(df["run_id"]) == ["old", "new"]
     assert df["status_polls"].isna().tolist() == [True, False]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_reports_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    """Reports are for analysts: their mode is what the user's umask makes of a new file (not tempfile's 0600)."""
+    previous = os.umask(umask)
+    try:
+        path = write_run(tmp_path / "reports", "run-a", [succeeded("a1", 1)])
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == mode
