@@ -70,49 +70,81 @@ class AspectPolicy(enum.StrEnum):
 
 
 class EditParams(BaseModel):
-    """Parameters of the `edit_videos` flow (one model, so the Prefect UI renders a form)."""
+    """Parameters of the `edit_videos` flow (one model, so the Prefect UI renders a form): titled for people, in
+    the order a user decides them (manifest, backend, budget, dry run, concurrency, then the rest)."""
 
-    manifest: str = Field(description="Path of the manifest (CSV, JSONL or YAML)")
+    manifest: str = Field(description="Path of the manifest (CSV, JSONL or YAML)", title="Manifest file")
     backend: Backend = Field(
-        Backend.auto, description="simulator, fal, or auto (fal when a key is configured, else the simulator)"
+        Backend.auto,
+        description="simulator, fal, or auto (fal when a key is configured, else the simulator)",
+        title="Backend (fal or the simulator)",
     )
-    max_concurrency: int = Field(2, ge=1, le=200, description="Requests in flight at fal at once (all workers)")
-    output_dir: str = Field("outputs", description="Where edited videos are downloaded")
-    report_dir: str = Field("reports", description="Where the parquet report history is written")
-    state_dir: str = Field(
-        default_factory=default_state_dir, description="Caches and request ledger (must be shared by all workers)"
+    max_budget_usd: float | None = Field(
+        None, ge=0, description="Hard cap on this run's spend; None = no cap", title="Budget cap (USD)"
     )
-    job_timeout_s: float = Field(3600.0, gt=0, description="Per job, from submission; then the request is cancelled")
-    poll_interval_s: float = Field(0.25, gt=0, description="First status poll interval; grows to poll_max_interval_s")
-    poll_max_interval_s: float = Field(5.0, gt=0, description="Longest wait between two status polls")
-    too_long: TooLongPolicy = Field(TooLongPolicy.trim, description="Clips over 10 s: trim to 10 s, or reject")
+    dry_run: bool = Field(
+        False, description="Validate, preprocess and estimate; submit nothing", title="Dry run (estimate only)"
+    )
+    max_concurrency: int = Field(
+        2, ge=1, le=200, description="Requests in flight at fal at once (all workers)", title="Requests in flight"
+    )
+    output_dir: str = Field("outputs", description="Where edited videos are downloaded", title="Output folder")
+    report_dir: str = Field("reports", description="Where the parquet report history is written", title="Report folder")
+    force: bool = Field(
+        False, description="Re-run jobs that already have a successful result", title="Pay again for finished jobs"
+    )
+    job_timeout_s: float = Field(
+        3600.0, gt=0, description="Per job, from submission; then the request is cancelled", title="Job timeout (s)"
+    )
+    too_long: TooLongPolicy = Field(
+        TooLongPolicy.trim, description="Clips over 10 s: trim to 10 s, or reject", title="Clips over 10 s"
+    )
     too_short: TooShortPolicy = Field(
-        TooShortPolicy.reject, description="Clips under 3 s: reject, or pad by freezing the last frame (billed as 3 s)"
+        TooShortPolicy.reject,
+        description="Clips under 3 s: reject, or pad by freezing the last frame (billed as 3 s)",
+        title="Clips under 3 s",
     )
     extreme_aspect: AspectPolicy = Field(
-        AspectPolicy.reject, description="Aspect ratios beyond 3:1 (cannot fit 720-2160 px): reject, or letterbox"
+        AspectPolicy.reject,
+        description="Aspect ratios beyond 3:1 (cannot fit 720-2160 px): reject, or letterbox",
+        title="Aspect ratios beyond 3:1",
     )
-    max_budget_usd: float | None = Field(None, ge=0, description="Hard cap on this run's spend; None = no cap")
-    dry_run: bool = Field(False, description="Validate, preprocess and estimate; submit nothing")
-    force: bool = Field(False, description="Re-run jobs that already have a successful result")
-    concurrency_limit: str = Field("klingflow-fal", description="Name of the Prefect global concurrency limit")
-    simulator_time_scale: float = Field(
-        1.0, ge=0, description="Embedded simulator: processing seconds per video second"
+    concurrency_limit: str = Field(
+        "klingflow-fal", description="Name of the Prefect global concurrency limit", title="Global concurrency limit"
+    )
+    state_dir: str = Field(
+        default_factory=default_state_dir,
+        description="Caches and request ledger (must be shared by all workers)",
+        title="State folder",
+    )
+    poll_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="First status poll interval; grows to poll_max_interval_s",
+        title="First poll interval (s)",
+    )
+    poll_max_interval_s: float = Field(
+        5.0, gt=0, description="Longest wait between two status polls", title="Longest poll interval (s)"
     )
     settle_window_s: float = Field(
         900.0,
         gt=0,
         description="A submit whose answer was lost is resent only after fal's request history "
         "has not listed it for this long (seconds)",
+        title="Settle window for a lost submit (s)",
     )
     input_fetch_timeout_s: float = Field(
-        600.0, gt=0, description="Longest an input URL's download may take; then only that job fails"
+        600.0,
+        gt=0,
+        description="Longest an input URL's download may take; then only that job fails",
+        title="Input download timeout (s)",
     )
     estimate_wait_s: float = Field(
         10.0,
         ge=0,
         description="How long the estimate waits for slow inputs (seconds); rows not ready by then are estimated "
         "at the endpoint's longest output, and each job is still checked against the budget before it is paid",
+        title="Estimate wait (s)",
     )
     job_task_runs_max: int = Field(
         200,
@@ -120,8 +152,12 @@ class EditParams(BaseModel):
         description="Runs of at most this many jobs show each job as its own Prefect task run (edit-<job id>); "
         "bigger runs do not (each task run costs the Prefect server CPU: at 1,000 jobs they made the run 1.2x "
         "slower here) and keep each job's detail in the run log and the report",
+        title="Most jobs shown as task runs",
     )
-    endpoint: str = Field(ENDPOINT_ID, description="fal endpoint id")
+    simulator_time_scale: float = Field(
+        1.0, ge=0, description="Embedded simulator: processing seconds per video second", title="Simulator time scale"
+    )
+    endpoint: str = Field(ENDPOINT_ID, description="fal endpoint id", title="fal endpoint")
 
 
 class JobStatus(enum.StrEnum):

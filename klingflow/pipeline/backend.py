@@ -2,13 +2,15 @@
 
 With the simulator backend the pipeline uses a running simulator when KLINGFLOW_SIMULATOR_URL is set
 (so deployments, several workers and outside checks share one queue and one ledger), and otherwise
-starts its own embedded one whose state lives in `<state_dir>/simulator`. Either way the run gets one
+starts its own embedded one whose state lives in `<state_dir>/simulator`, on the port it had before when
+that is free (its file URLs carry the port, as fal's stay valid). Either way the run gets one
 FalQueue; fal_client's URL constants are back to what they were when the block ends.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from klingflow.fal.queue import FalQueue, Target
 from klingflow.models import Backend, EditParams
 
 SIMULATOR_URL_ENV = "KLINGFLOW_SIMULATOR_URL"
+PORT_FILE = "port"  # in the embedded simulator's state dir: the port it last served on
 
 
 def target_namespace(kind: Backend) -> str:
@@ -52,7 +55,30 @@ def simulator_url(state_dir: str | Path, logger: Logger, *, time_scale: float = 
     from klingflow.simulator import Simulator, SimulatorConfig
 
     state = Path(state_dir).expanduser() / "simulator"
-    config = SimulatorConfig(state_dir=state, time_scale=time_scale)
+    port = embedded_port(state, logger)
+    config = SimulatorConfig(state_dir=state, time_scale=time_scale, port=port)
     with Simulator(config) as sim:
+        (state / PORT_FILE).write_text(str(sim.port))
         logger.info("started an embedded fal simulator at %s (state in %s)", sim.url, state)
         yield sim.url
+
+
+def embedded_port(state: Path, logger: Logger) -> int:
+    """The port the state dir's embedded simulator had before, when it is free: its stored files' URLs carry
+    it, so an output paid in an earlier run downloads again (fal's own file URLs do not change). 0 (any
+    port) the first time, or when another process has it."""
+    try:
+        port = int((state / PORT_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            logger.warning(
+                "the embedded simulator's port %d is taken; outputs of earlier runs that are gone locally "
+                "cannot be downloaded again from it in this run",
+                port,
+            )
+            return 0
+    return port

@@ -40,7 +40,7 @@ from klingflow.ledger.budget import Budget
 from klingflow.ledger.decide import Action, Event, JobState, decide, may_have_request
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, CostSource, EditParams, JobRecord, JobStatus, Stage
-from klingflow.pipeline.outputs import download_and_verify, output_is_intact
+from klingflow.pipeline.outputs import download_and_verify, materialised, output_is_intact
 
 GROWTH = 1.5
 CANCEL_GRACE_S = 60.0  # after a cancel, how long this run waits for fal's terminal answer
@@ -163,7 +163,7 @@ async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobReco
     """A result already paid for: point at its output (downloading it again if the file is gone)."""
     job = _resumed(job, entry, ctx).with_(**entry.model_dump(include=OUTPUT_FIELDS))
     if await output_is_intact(entry.output_path, entry.output_sha256):
-        return job.with_(status=JobStatus.succeeded)
+        return (await materialised(job, ctx.params.output_dir)).with_(status=JobStatus.succeeded)
     return await _Driver(job, ctx, entry).run(JobState.succeeded, Action.download)
 
 

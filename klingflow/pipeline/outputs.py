@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 from pathlib import Path
 
 from klingflow.endpoint import billable_seconds
@@ -67,6 +68,33 @@ def _check_duration(record: JobRecord, duration_s: float) -> None:
         raise MediaError(f"output lasts {duration_s:.2f} s but the input lasts {expected:.2f} s")
     if billable_seconds(duration_s) == 0:
         raise MediaError("output has no duration")
+
+
+async def materialised(record: JobRecord, output_dir: str | Path) -> JobRecord:
+    """A reused output, also in this run's output dir (hard-linked, else copied): a run with `--out other`
+    leaves every output it reports in `other`. Nothing is paid; if the copy fails, the row keeps pointing
+    at the intact original."""
+    if not record.output_path or record.request_id is None:
+        return record
+    source = Path(record.output_path)
+    try:
+        target = output_path(output_dir, record.job_id, record.request_id)
+        if target == source.resolve() or (target.is_file() and target.samefile(source)):
+            return record.with_(output_path=str(target))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.part")
+        tmp.unlink(missing_ok=True)
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:  # another filesystem, or links not allowed
+                await asyncio.to_thread(shutil.copyfile, source, tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (MediaError, OSError):
+        return record
+    return record.with_(output_path=str(target))
 
 
 async def output_is_intact(path: str | None, sha256: str | None) -> bool:

@@ -98,11 +98,14 @@ def _cell(value: Any) -> Any:
 
 
 def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One artifact row per job: identity, status, money, timing, error and where the output is."""
+    """One artifact row per job: identity, then status and error (first, so the UI's table shows them without
+    scrolling), money, timing and where the output is."""
     columns = [
         "row",
         "job_id",
         "status",
+        "error_stage",
+        "error",
         "prompt",
         "estimated_cost_usd",
         "cost_usd",
@@ -111,8 +114,6 @@ def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
         "queued_s",
         "processing_s",
         "total_s",
-        "error_stage",
-        "error",
         "output_url",
         "output_path",
     ]

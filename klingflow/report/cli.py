@@ -36,7 +36,12 @@ CSV_TABLES = ("runs", "days", "errors", "top", "jobs")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `klingflow report` (the lead wires them into klingflow/cli.py)."""
-    parser.add_argument("report_dir", nargs="?", default="reports", help="The report history folder (default: reports)")
+    parser.add_argument(
+        "report_dir",
+        nargs="?",
+        default="reports",
+        help="The report history folder (default: reports), or one run's report file (the path `run` prints)",
+    )
     parser.add_argument("--run-id", action="append", dest="run_ids", metavar="ID", help="Only this run (repeatable)")
     parser.add_argument("--since", metavar="DATE", help="Runs started at/after DATE (YYYY-MM-DD or ISO datetime, UTC)")
     parser.add_argument(
@@ -57,15 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the summary of the chosen runs (and write the HTML report if asked)."""
     report_dir = Path(args.report_dir)
+    only_file = report_dir if report_dir.is_file() else None
+    report_dir = report_dir.parent if only_file else report_dir
     try:
         since = parse_bound(args.since, end=False) if args.since else None
         until = parse_bound(args.until, end=True) if args.until else None
     except ValueError as exc:
         print(f"klingflow report: bad date: {exc}", file=sys.stderr)
         return 2
-    history = read_history(report_dir)
+    history = read_history(only_file or report_dir)
     if history.empty:
-        print(f"klingflow report: no runs in {report_dir}", file=sys.stderr)
+        print(f"klingflow report: no runs in {only_file or report_dir}", file=sys.stderr)
         return 1
     df = filter_history(history, run_ids=args.run_ids, since=since, until=until)
     unknown = sorted(set(args.run_ids or []) - set(history["run_id"]))
@@ -251,7 +258,8 @@ def _print_reconciliation(recon: ReconciliationView) -> None:
 
 def _print_json(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) -> None:
     data = summary.to_dict()
-    recon = reconciliation_view(Path(args.report_dir), set(df["run_id"]))
+    folder = Path(args.report_dir)
+    recon = reconciliation_view(folder.parent if folder.is_file() else folder, set(df["run_id"]))
     if recon is not None:
         data["reconciliation"] = json_clean(asdict(recon))
     json.dump(data, sys.stdout, indent=2)

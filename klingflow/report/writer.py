@@ -228,11 +228,14 @@ def write_run_report(table: pa.Table, report_dir: Path, *, run_id: str) -> Path:
 
 
 def read_history_table(report_dir: Path) -> pa.Table:
-    """The whole history as an arrow table (empty with REPORT_SCHEMA when there is none yet).
+    """The whole history (or one run's report file) as an arrow table (empty with REPORT_SCHEMA when there is
+    none yet).
 
     Read as one pyarrow dataset with REPORT_SCHEMA, so older files gain later columns as nulls.
     """
     report_dir = Path(report_dir)
+    if report_dir.is_file():
+        return ds.dataset(str(report_dir), format="parquet", schema=REPORT_SCHEMA).to_table()
     if not report_dir.is_dir() or not any(report_dir.glob("*.parquet")):
         return REPORT_SCHEMA.empty_table()
     dataset = ds.dataset(

@@ -31,6 +31,13 @@ class Simulator:
         self._port: int | None = None
 
     @property
+    def port(self) -> int:
+        """The port it serves on (the configured one, or the one the OS gave for port 0)."""
+        if self._port is None:
+            raise RuntimeError("simulator is not running")
+        return self._port
+
+    @property
     def url(self) -> str:
         """Base URL, e.g. http://127.0.0.1:PORT (pass it to klingflow.fal.urls.fal_client_pointed_at)."""
         if self._port is None:

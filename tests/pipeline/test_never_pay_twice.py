@@ -216,3 +216,21 @@ async def test_failed_download_is_recovered_next_run_without_paying_or_counting_
     assert list(history["reused"]) == [False, True]
     assert round(history["cost_usd"].sum(), 2) == round(float(simulator.ledger()[0].cost_usd), 2)
     assert Path(history.iloc[1]["output_path"]).is_file()
+
+
+async def test_a_rerun_into_another_output_dir_gets_the_paid_outputs_there(
+    tmp_path: Path, simulator, clip: Path
+) -> None:
+    """`--out other` for jobs already paid: nothing is paid again, and every output is in `other`."""
+    manifest = _manifest(tmp_path, clip, [f"Once {i} @Video1" for i in range(2)])
+    assert (await run_flow(fast_params(tmp_path, manifest)))[0] == "COMPLETED"
+    other = tmp_path / "other-outputs"
+    state, _ = await run_flow(fast_params(tmp_path, manifest, output_dir=str(other), report_dir=str(tmp_path / "r2")))
+    assert state == "COMPLETED" and len(simulator.ledger()) == 2
+    rerun = pd.read_parquet(tmp_path / "r2")
+    assert rerun["reused"].all()
+    for _, row in rerun.iterrows():
+        path = Path(row["output_path"])
+        assert path.parent == other.resolve() and path.is_file()
+        first = next((tmp_path / "outputs").glob(f"{row['job_id']}-*.mp4"))
+        assert path.read_bytes() == first.read_bytes()

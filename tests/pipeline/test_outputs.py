@@ -51,3 +51,26 @@ def test_output_path_is_absolute_from_a_relative_dir(tmp_path: Path, monkeypatch
     """A relative output dir is stored as an absolute path (the ledger keeps paths absolute)."""
     monkeypatch.chdir(tmp_path)
     assert output_path("outputs", "j", "r") == tmp_path / "outputs" / "j-r.mp4"
+
+
+@pytest.mark.e2e
+async def test_an_output_paid_with_the_embedded_simulator_downloads_again_in_a_later_run(
+    tmp_path: Path, prefect_server: None
+) -> None:
+    """The embedded simulator comes back on its port, so a paid output whose file is gone downloads again
+    (it was a dead port before): reused, nothing billed twice."""
+    from klingflow.media.synth import make_clip
+    from klingflow.simulator.ledger import Ledger
+    from tests.conftest import fast_params, run_flow
+
+    clip = make_clip(tmp_path / "clip.mp4", seconds=3, width=720, height=720)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"id,prompt,video\nonce,Embedded @Video1,{clip}\n")
+    params = fast_params(tmp_path, manifest, simulator_time_scale=0.05)
+    assert (await run_flow(params))[0] == "COMPLETED"
+    (first,) = (tmp_path / "outputs").glob("once-*.mp4")
+    expected = first.read_bytes()
+    first.unlink()
+    state, _ = await run_flow(params.model_copy(update={"report_dir": str(tmp_path / "r2")}))
+    assert state == "COMPLETED" and first.read_bytes() == expected
+    assert len(Ledger(tmp_path / "state" / "simulator" / "ledger.jsonl").entries()) == 1

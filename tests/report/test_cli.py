@@ -148,3 +148,10 @@ def test_csv_cells_a_spreadsheet_would_evaluate_are_neutralised(tmp_path: Path, 
     assert float(jobs[0]["cost_usd"]) > 0  # numbers stay numbers
     _, out, _ = _run([str(tmp_path), "--format", "csv", "--table", "top"], capsys)
     assert all(not cell.startswith(("=", "+", "-", "@")) for row in csv.reader(io.StringIO(out)) for cell in row)
+
+
+def test_the_report_file_a_run_prints_is_accepted(history: Path, capsys) -> None:
+    """`klingflow report reports/run-X.parquet`: that run alone, not "no runs"."""
+    code, out, _ = _run([str(history / "run-run-b.parquet"), "--format", "json"], capsys)
+    assert code == 0
+    assert [r["run_id"] for r in json.loads(out)["by_run"]] == ["run-b"]

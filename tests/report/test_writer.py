@@ -216,3 +216,12 @@ def test_reports_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None
     finally:
         os.umask(previous)
     assert path.stat().st_mode & 0o777 == mode
+
+
+def test_the_jobs_table_puts_status_and_error_first(tmp_path: Path) -> None:
+    """The UI's table artifact shows status and error without scrolling."""
+    from klingflow.report.artifacts import job_table
+
+    three_run_history(tmp_path)
+    (first, *_) = job_table(read_history(tmp_path))
+    assert list(first)[:5] == ["row", "job_id", "status", "error_stage", "error"]
