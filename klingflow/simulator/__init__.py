@@ -37,34 +37,24 @@ Behaviour notes (fal's documented worst case, each configurable; decisions where
     started, and only SimulatorConfig.history_lag_s after that; sorted by ended_at descending with
     running requests first. X-Fal-Store-IO: 0 on the submit nulls its json_input/json_output there.
   * Platform routes (/v1/...) answer errors as {"error": {"type", "message"}} (400 bad query, 401
-    no key, 403 a non-admin key on an admin route, 404 unknown route) and take HTTP faults from
-    FaultConfig.platform. Any other unknown path or method is 404.
+    no key, 404 unknown route) and take HTTP faults from FaultConfig.platform. Any other unknown
+    path or method is 404.
   * File URLs (GET/HEAD /files/...) are public like fal's CDN; the "fal" fallback's signed PUT URL
     is authorised by its signature. Every other non-admin route needs `Authorization: Key ...`
     (CDN upload routes: the Bearer token from /storage/auth/token).
-  * Billing: billable_seconds(output duration) at the key's price, once per request id. The key's price
-    is PRICE_PER_SECOND_USD less SimulatorConfig.key_discounts[key id] percent (CLI --discount KEY=PCT;
-    fal: "custom pricing or discounts may be applied based on account status"). Each ledger line keeps
-    the list unit_price, percent_discount (None without a discount), cost_subtotal (the seconds at the
-    list price), cost_usd (what was charged: the seconds at the discounted price, to 0.0001 $) and the
-    request's tags; lines written before discounts load as list-price charges. Without a discount a
-    request bills exactly as it always did. The simulator is one account: its keys are told apart by key
-    id (auth.key_id), and raw keys are never stored or printed.
-  * X-Fal-Tags on a submit is parsed as fal's gateway does (klingflow.simulator.tags): pairs split on the
-    first '=', trimmed; a key [a-z0-9._-]{1,64} outside 'fal.', a value <= 256 characters, the first 10
-    valid pairs within 1024 bytes, a repeated key's last value. Pairs breaking a rule are dropped, the
-    submit is never refused. The kept tags are persisted with the request and copied into its charge.
-  * Money routes (routes_billing, fal's Platform API shapes, registered before the /v1 404): GET
-    /v1/models/pricing and POST /v1/models/pricing/estimate (any key, at the key's discounted price),
-    GET /v1/models/requests/search (the caller's history: query / image_url / video_url or a browse).
-    Admin key only (guard's "admin" auth: SimulatorConfig.admin_key_ids, default the key
-    klingflow-simulator-admin, CLI --admin-key replaces it; a valid non-admin key gets 403
-    authorization_error): GET /v1/models/billing-events (the ledger's charges, newest first; window <= 90
-    days, endpoint, 1-50 request ids, key ids, source=tagged-billed&tag=k=v) and GET /v1/models/usage
-    (charges summed per calendar bucket in `timezone` and per price, plus an optional summary).
-  * Billing delays: a charge is listed by billing events and usage SimulatorConfig.billing_events_delay_s
-    after it was made (CLI --billing-delay) and through source=tagged-billed tagged_billing_delay_s later
-    still (--tagged-billing-delay), as fal's tagged events lag its default source.
+  * Billing: billable_seconds(output duration) x the key's price, once per request id; the key's price
+    is PRICE_PER_SECOND_USD less SimulatorConfig.key_discounts[key id] percent. The ledger line keeps
+    the list unit_price, percent_discount, cost_subtotal and cost_usd (the charge) and the request's
+    tags. The simulator is one account: its keys are told apart by key id.
+  * X-Fal-Tags on a submit is parsed as fal's gateway does (klingflow.simulator.tags): pairs beyond
+    fal's limits are dropped, not refused.
+  * Money routes (routes_billing): GET /v1/models/pricing and POST /v1/models/pricing/estimate (any
+    key, the key's discounted price), GET /v1/models/requests/search (the caller's requests), and,
+    admin key only (SimulatorConfig.admin_key_ids, default klingflow-simulator-admin; another key
+    gets 403), GET /v1/models/billing-events (filters: window <= 90 days, endpoint, 1-50 request ids,
+    key ids, source=tagged-billed&tag=k=v) and GET /v1/models/usage (time buckets, summary). A charge
+    is listed billing_events_delay_s after it was made, tagged_billing_delay_s later through the
+    tagged source.
 """
 
 from klingflow.simulator.config import FaultConfig, RouteFaults, SimulatorConfig

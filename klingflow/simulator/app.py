@@ -31,7 +31,8 @@ def build_app(state: SimState) -> Starlette:
     routes = [
         *admin_routes(state),
         *storage_routes(state),
-        *platform_routes(state, billing_routes(state)),
+        *billing_routes(state),
+        *platform_routes(state),
         *queue_routes(state),
         unknown_route(state),
     ]

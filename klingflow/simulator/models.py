@@ -7,7 +7,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 
 from klingflow.endpoint import PRICE_PER_SECOND_USD
 
@@ -75,12 +75,8 @@ class RequestRecord(BaseModel):
 
 
 class LedgerEntry(BaseModel):
-    """One billed request (a line of ledger.jsonl). Money is Decimal, serialised as a string.
-
-    cost_usd is what was charged: cost_usd(billed_seconds, the key's discounted price); cost_subtotal is
-    the same seconds at the list unit_price; percent_discount is the key's discount (None when it has
-    none). Lines written before discounts existed load as list-price charges (subtotal = cost_usd).
-    """
+    """One billed request (a line of ledger.jsonl). Money is Decimal, serialised as a string: cost_usd is
+    what was charged (after the key's discount), cost_subtotal the same units at the list unit_price."""
 
     request_id: str
     endpoint: str
@@ -90,21 +86,8 @@ class LedgerEntry(BaseModel):
     cost_usd: Decimal
     unit_price: Decimal = PRICE_PER_SECOND_USD
     percent_discount: float | None = None
-    cost_subtotal: Decimal
-    tags: dict[str, str] = Field(default_factory=dict)  # the request's X-Fal-Tags as the gateway kept them
+    cost_subtotal: Decimal | None = None  # None in lines written before discounts existed: = cost_usd
+    tags: dict[str, str] = Field(default_factory=dict)
     submitted_at: datetime
     started_at: datetime | None
     completed_at: datetime
-
-    @model_validator(mode="before")
-    @classmethod
-    def _undiscounted_by_default(cls, data: Any) -> Any:
-        """An entry without a subtotal (an old line) was charged at the list price."""
-        if isinstance(data, dict) and data.get("cost_subtotal") is None and "cost_usd" in data:
-            data = {**data, "cost_subtotal": data["cost_usd"]}
-        return data
-
-    @property
-    def cost_discount(self) -> Decimal:
-        """What the discount took off the subtotal."""
-        return self.cost_subtotal - self.cost_usd

@@ -1,6 +1,5 @@
-"""fal's platform API: request history (`GET /v1/models/requests/by-endpoint`), the query helpers every
-platform route shares (routes_billing's too) and a 404 for every other `/v1/...` route, all in the
-platform error shape `{"error": {"type", "message"}}`.
+"""fal's platform API: request history (`GET /v1/models/requests/by-endpoint`) and a 404 for every
+other `/v1/...` route, all in the platform error shape `{"error": {"type", "message"}}`.
 
 As fal's schema describes it (required `started_at`, end-time sort), only requests that have STARTED
 are listed: a queued request is not, so a run that lost a submit's answer cannot find it until it
@@ -18,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -227,9 +225,10 @@ def page_of(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str |
     return items[offset:end], encode_cursor(end) if more else None, more
 
 
-def platform_routes(state: SimState, more: Sequence[Route] = ()) -> list[Route]:
-    """The request history, `more` platform routes (routes_billing's), then the 404 of unknown `/v1/...`
-    routes; they must precede the queue routes (whose submit path would swallow them).
+def platform_routes(state: SimState) -> list[Route]:
+    """The request history and the 404 of unknown `/v1/...` routes (so other platform routes, e.g.
+    routes_billing's, come before these); they must precede the queue routes (whose submit path would
+    swallow them).
 
     Counted, faulted (route kind "platform") and keyed like the queue routes, in the platform error shape.
     """
@@ -247,7 +246,6 @@ def platform_routes(state: SimState, more: Sequence[Route] = ()) -> list[Route]:
 
     return [
         platform_route(state, "/v1/models/requests/by-endpoint", by_endpoint, ["GET"]),
-        *more,
         platform_route(state, "/v1/{path:path}", unknown, ANY_METHOD),
     ]
 
