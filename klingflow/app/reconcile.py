@@ -93,9 +93,10 @@ async def reconcile_runs(args: argparse.Namespace) -> int:
     except (BackendError, OSError) as exc:
         return _cannot(str(exc))
     reconciled_at = datetime.now(UTC)
-    path = write_reconciliation(charges, report_dir, reconciled_at)
+    table = charges_table(charges, reconciled_at)
+    path = write_reconciliation(table, report_dir, reconciled_at)
     apply_to_reports(report_dir, history, charges)
-    _show(charges, reconciled_at, path, args.format)
+    _show(charges, table.to_pandas(), reconciled_at, path, args.format)
     return EXIT_DIFFERENCES if problems(charges) else EXIT_OK
 
 
@@ -162,8 +163,7 @@ async def billing_of(fal: FalQueue, runs: pd.DataFrame) -> tuple[list[BillingEve
 
 
 # --- output ---------------------------------------------------------------------------------------
-def _show(charges: list[Charge], reconciled_at: datetime, path: Path, fmt: str) -> None:
-    table = charges_table(charges, reconciled_at).to_pandas()
+def _show(charges: list[Charge], table: pd.DataFrame, reconciled_at: datetime, path: Path, fmt: str) -> None:
     runs, days = totals_by(table, "run_id"), totals_by(table, "day")
     found = problems(charges)
     if fmt == "json":

@@ -72,26 +72,21 @@ def run(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         print("setup: --concurrency must be at least 1", file=sys.stderr)
         return EXIT_CANNOT_RUN
-    secrets = {
-        block: os.environ.get(variable)
-        for block, variable, wanted in (
-            (FAL_KEY_SECRET_BLOCK, "FAL_KEY", args.fal_key_from_env),
-            (FAL_ADMIN_KEY_SECRET_BLOCK, "FAL_ADMIN_KEY", args.fal_admin_key_from_env),
-        )
-        if wanted
-    }
-    for block, value in secrets.items():
-        if not value:
-            variable = "FAL_KEY" if block == FAL_KEY_SECRET_BLOCK else "FAL_ADMIN_KEY"
+    asked = [(FAL_KEY_SECRET_BLOCK, "FAL_KEY")] if args.fal_key_from_env else []
+    asked += [(FAL_ADMIN_KEY_SECRET_BLOCK, "FAL_ADMIN_KEY")] if args.fal_admin_key_from_env else []
+    secrets: dict[str, str] = {}
+    for block, variable in asked:
+        if not (value := os.environ.get(variable)):
             print(f"setup: storing {block!r} was asked for but {variable} is not set", file=sys.stderr)
             return EXIT_CANNOT_RUN
+        secrets[block] = value
     try:
         with prefect_api() as local:
             print(f"setup: Prefect API {_api_url()}{' (klingflow local server)' if local else ''}")
             print(asyncio.run(ensure_limit(args.limit_name, args.concurrency, lower=args.lower)))
             print(asyncio.run(ensure_work_pool(args.pool)))
             for block, value in secrets.items():
-                print(save_secret(block, value or ""))
+                print(save_secret(block, value))
     except Exception as exc:  # noqa: BLE001 - report any server/API failure as one line and a non-zero exit
         print(f"setup: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_CANNOT_RUN

@@ -83,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     summary = summarize(df, top=args.top)
     recon = reconciliation_view(report_dir, set(df["run_id"]))
-    {"text": _print_text, "json": _print_json, "csv": _print_csv}[args.format](summary, df, args)
-    if recon is not None and args.format == "text":
-        _print_reconciliation(recon)
+    if args.format == "json":
+        _print_json(summary, recon)
+    elif args.format == "csv":
+        _print_csv(summary, df, args)
+    else:
+        _print_text(summary, df, args)
+        if recon is not None:
+            _print_reconciliation(recon)
     if args.html:
         out = write_html(
             df,
@@ -256,10 +261,8 @@ def _print_reconciliation(recon: ReconciliationView) -> None:
         )
 
 
-def _print_json(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) -> None:
+def _print_json(summary: Summary, recon: ReconciliationView | None) -> None:
     data = summary.to_dict()
-    folder = Path(args.report_dir)
-    recon = reconciliation_view(folder.parent if folder.is_file() else folder, set(df["run_id"]))
     if recon is not None:
         data["reconciliation"] = json_clean(asdict(recon))
     json.dump(data, sys.stdout, indent=2)

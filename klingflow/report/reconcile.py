@@ -185,13 +185,14 @@ def _float(value: Decimal | None) -> float | None:
     return None if value is None else float(value)
 
 
-def write_reconciliation(charges: list[Charge], report_dir: Path, reconciled_at: datetime) -> Path:
-    """`<report_dir>/_reconciliation/reconciliation-<UTC time>.parquet`, written atomically."""
+def write_reconciliation(table: pa.Table, report_dir: Path, reconciled_at: datetime) -> Path:
+    """The charges' table as `<report_dir>/_reconciliation/reconciliation-<UTC time>.parquet`, written
+    atomically."""
     folder = Path(report_dir) / RECONCILIATION_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"reconciliation-{reconciled_at.strftime('%Y%m%dT%H%M%S%fZ')}.parquet"
     with atomic_path(final, fsync=True) as tmp:
-        pq.write_table(charges_table(charges, reconciled_at), tmp, compression="zstd")
+        pq.write_table(table, tmp, compression="zstd")
     return final
 
 

@@ -17,6 +17,7 @@ from klingflow.report.reconcile import (
     RECONCILIATION_SCHEMA,
     ChargeStatus,
     apply_to_reports,
+    charges_table,
     problems,
     read_reconciliation,
     reconcile,
@@ -82,9 +83,10 @@ def test_reused_rows_do_not_pay_so_their_request_is_not_counted_twice() -> None:
 def test_the_table_has_the_schema_and_each_requests_newest_reconciliation_is_read(tmp_path: Path) -> None:
     report = _report([{"request_id": "r1", "cost_usd": 1.68}])
     first = reconcile(report, [], {})
-    write_reconciliation(first, tmp_path, NOW)
+    write_reconciliation(charges_table(first, NOW), tmp_path, NOW)
     second = reconcile(report, [_event("r1", "1.68"), _event("dup", "2.00")], {"dup": "run-1"})
-    path = write_reconciliation(second, tmp_path, NOW + timedelta(minutes=5))
+    later = NOW + timedelta(minutes=5)
+    path = write_reconciliation(charges_table(second, later), tmp_path, later)
     assert pq.read_schema(path).equals(RECONCILIATION_SCHEMA, check_metadata=True)
     newest = read_reconciliation(tmp_path).set_index("request_id")
     assert newest.loc["r1", "status"] == "matched" and newest.loc["dup", "status"] == "unexpected"
@@ -124,7 +126,7 @@ def test_the_html_report_shows_fals_bill_and_the_charges_that_do_not_match(tmp_p
     write_run(tmp_path, "run-1", [succeeded("paid", 1).with_(request_id="r1")], backend="fal")
     history = read_history(tmp_path)
     charges = reconcile(history, [_event("r1", "1.68"), _event("dup-request", "1.68")], {"dup-request": "run-1"})
-    write_reconciliation(charges, tmp_path, NOW)
+    write_reconciliation(charges_table(charges, NOW), tmp_path, NOW)
     html = render_html(history, title="t", thumbnails=False, reconciliation=reconciliation_view(tmp_path, ["run-1"]))
     section = html.split("<h2>fal's bill</h2>", 1)[1].split("<h2>", 1)[0]
     assert "$3.36" in section and "dup-request" in section and "unexpected" in section
