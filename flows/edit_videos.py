@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -24,13 +25,13 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from klingflow import events
-from klingflow.endpoint import MAX_DURATION_S
 from klingflow.fal.backend import Logger, choose_backend, key_for, resolve_fal_key
 from klingflow.fal.history import RecentRequests
 from klingflow.fal.pricing import UnitPrice, dry_run_price, resolve_price
 from klingflow.fal.queue import FalQueue
 from klingflow.fal.slots import RequestSlots, ensure_global_limit
 from klingflow.fal.uploads import UploadCache
+from klingflow.inputs import InputPolicy
 from klingflow.ledger.budget import Budget
 from klingflow.ledger.decide import JobState
 from klingflow.ledger.identity import with_job_key
@@ -40,6 +41,7 @@ from klingflow.media.preprocess import PreprocessSettings
 from klingflow.models import Backend, EditParams, JobRecord, JobStatus
 from klingflow.pipeline.backend import open_backend, target_namespace
 from klingflow.pipeline.cancellation import cancel_outstanding_requests
+from klingflow.pipeline.estimate import estimate
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
 from klingflow.pipeline.rows import as_follower, as_row
@@ -76,10 +78,11 @@ async def edit_videos(params: EditParams) -> State:
     key = resolve_fal_key(logger)  # once per run; passed down, never logged
     kind = choose_backend(params.backend, key, logger)
     with RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value) as ledger:
-        jobs = load_manifest(params.manifest, logger)
+        inputs = input_policy(params)
+        jobs = load_manifest(params.manifest, logger, inputs)
         logger.info("manifest %s: %d job(s)", params.manifest, len(jobs))
         async with (
-            Intake(jobs, PreprocessSettings.from_params(params), logger) as intake,
+            Intake(jobs, PreprocessSettings.from_params(params, inputs), logger) as intake,
             _backend(params, kind, key, logger) as fal,
         ):
             recent = RecentRequests(fal, logger).prefetch() if fal else None  # read while inputs are prepared
@@ -108,6 +111,19 @@ async def edit_videos(params: EditParams) -> State:
     return Completed(message=message, data=summary) if summary.all_succeeded else Failed(message=message, data=summary)
 
 
+def input_policy(params: EditParams) -> InputPolicy:
+    """What the run may read (klingflow.inputs): anything from the command line; a deployment's run (or its
+    subflow's) is confined to the manifest's folder and public hosts unless its parameters say otherwise."""
+    context = FlowRunContext.get()
+    deployed = bool(context and context.flow_run and context.flow_run.deployment_id) or bool(
+        flow_run.get_parent_deployment_id()
+    )
+    folder = Path(params.manifest).expanduser().resolve().parent if deployed else None
+    return InputPolicy.confined(
+        params.input_roots, params.input_hosts, params.allow_private_addresses, default_root=folder
+    )
+
+
 @asynccontextmanager
 async def _backend(
     params: EditParams, kind: Backend, key: str | None, logger: Logger
@@ -132,36 +148,17 @@ async def _price(fal: FalQueue | None, params: EditParams, kind: Backend, key: s
 async def announce_estimate(
     rows: list[JobRecord | None], ledger: RequestLedger, params: EditParams, price: UnitPrice
 ) -> float:
-    """Say what the run will cost before anything is paid (results already paid for cost nothing); rows still
-    being prepared (None) count at the endpoint's longest output, so the figure is an upper bound."""
-    jobs = [j for j in rows if j is not None]
-    pending = len(rows) - len(jobs)
-    ready = [j for j in jobs if j.ok]
-    keys = {j.job_key for j in ready}
-    paid = set() if params.force else {k for k in keys if _paid(ledger, k)}
-    to_pay = {j.job_key: j for j in ready if j.job_key not in paid}  # identical rows are paid once
-    seconds = sum(j.estimated_seconds or 0 for j in to_pay.values()) + pending * int(MAX_DURATION_S)
-    bound = pending * price.cost(MAX_DURATION_S)
-    total = round(sum(j.estimated_cost_usd or 0.0 for j in to_pay.values()) + bound, 4)
-    cap = "no cap" if params.max_budget_usd is None else f"cap ${params.max_budget_usd:.2f}"
-    waiting = (
-        f", {pending} still being prepared after {params.estimate_wait_s:g} s (counted at {MAX_DURATION_S:.0f} s "
-        "each, so the total is an upper bound)"
-        if pending
-        else ""
-    )
-    text = (
-        f"estimate: {len(to_pay)} job(s) to pay for ({len(paid)} already paid, {len(ready) - len(keys)} identical "
-        f"to another row, {len(jobs) - len(ready)} failed before submission{waiting}), {seconds} output second(s), "
-        f"{'at most ' if pending else ''}${total:.2f} ({cap}); price {price.label}"
-    )
+    """Say what the run will cost before anything is paid (klingflow.pipeline.estimate); rows still being
+    prepared (None) count at the endpoint's longest output, so the figure is then an upper bound."""
+    figures = estimate(rows, price, lambda key: not params.force and _paid(ledger, key))
+    text = figures.text(params.max_budget_usd, params.estimate_wait_s)
     get_run_logger().info(text)
     await acreate_markdown_artifact(
         key="klingflow-estimate",
         markdown=f"## Cost estimate\n\n{text}\n\nPrice: {price.label}.",
         description="Estimated cost before anything was uploaded",
     )
-    return total
+    return figures.total_usd
 
 
 def _paid(ledger: RequestLedger, job_key: str | None) -> bool:

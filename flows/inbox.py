@@ -112,7 +112,7 @@ async def run_manifest(claimed: Path, name: str, params: Any) -> ManifestOutcome
     """Run `edit_videos` as a subflow on a claimed manifest and file it by the outcome."""
     summary: RunSummary | None = None
     try:
-        edit = EditParams(manifest=str(claimed), **params.model_dump(exclude=_INBOX_ONLY))
+        edit = EditParams(manifest=str(claimed), **_confined(params.model_dump(exclude=_INBOX_ONLY), claimed.parent))
         state = await edit_videos(edit, return_state=True)
         result = await state.aresult(raise_on_failure=False)
         summary = result if isinstance(result, RunSummary) else None
@@ -123,6 +123,16 @@ async def run_manifest(claimed: Path, name: str, params: Any) -> ManifestOutcome
     outcome = ManifestOutcome(manifest=name, moved_to=str(target), ok=ok, reason=reason, summary=summary)
     write_sidecar(target, outcome)
     return outcome
+
+
+def _confined(settings: dict[str, Any], inbox: Path) -> dict[str, Any]:
+    """An inbox run reads only files in the inbox and public hosts, unless its parameters say otherwise
+    (klingflow.inputs): whoever can drop a file must not reach the worker's other files or its network."""
+    return {
+        **settings,
+        "input_roots": settings.get("input_roots") or [str(inbox)],
+        "allow_private_addresses": bool(settings.get("allow_private_addresses")),
+    }
 
 
 def _judge(state: State, summary: RunSummary | None, result: object) -> tuple[bool, str]:

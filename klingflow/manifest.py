@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from klingflow.errors import ManifestError
+from klingflow.inputs import InputPolicy
 from klingflow.models import ElementSpec, JobRecord, JobStatus, ManifestRow, Stage
 
 SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".yaml": "yaml", ".yml": "yaml"}
@@ -36,14 +37,22 @@ URL_SCHEMES = ("http://", "https://")
 log = logging.getLogger(__name__)
 
 
-def load_manifest(path: str | Path, logger: logging.Logger | logging.LoggerAdapter | None = log) -> list[JobRecord]:
+def load_manifest(
+    path: str | Path,
+    logger: logging.Logger | logging.LoggerAdapter | None = log,
+    inputs: InputPolicy | None = None,
+) -> list[JobRecord]:
     """Every row of the manifest as a job record (failed rows carry their error); unknown columns are said to
-    `logger` (None: not said, for a check the run repeats)."""
+    `logger` (None: not said, for a check the run repeats). A row naming a file or host `inputs` does not allow
+    fails (the address a host resolves to is checked when it is fetched)."""
+    inputs = inputs or InputPolicy()
     manifest = Path(path).expanduser().resolve()
     if manifest.is_dir():
         raise ManifestError(f"manifest {manifest}: is a folder; give the manifest file in it (.csv, .jsonl or .yaml)")
     if not manifest.is_file():
         raise ManifestError(f"manifest {manifest}: file not found")
+    if problem := inputs.path_problem(str(manifest)):
+        raise ManifestError(f"manifest {problem}")
     kind = SUFFIXES.get(manifest.suffix.lower())
     if kind is None:
         raise ManifestError(f"manifest {manifest}: unknown format {manifest.suffix!r} (use .csv, .jsonl or .yaml)")
@@ -59,7 +68,7 @@ def load_manifest(path: str | Path, logger: logging.Logger | logging.LoggerAdapt
     if not raw_rows:
         raise ManifestError(f"manifest {manifest}: the manifest has no rows")
     raw_rows = _known_columns(raw_rows, manifest, logger)
-    records = [_record(i, raw, manifest) for i, raw in enumerate(raw_rows, start=1)]
+    records = [_allowed(_record(i, raw, manifest), inputs, manifest) for i, raw in enumerate(raw_rows, start=1)]
     return _fail_duplicate_ids(records, manifest)
 
 
@@ -185,6 +194,18 @@ def _record(index: int, raw: Any, manifest: Path) -> JobRecord:
         keep_audio=row.keep_audio,
         shot_type=row.shot_type,
     )
+
+
+def _allowed(record: JobRecord, inputs: InputPolicy, manifest: Path) -> JobRecord:
+    """The record, or the record failed on its first input the run may not read."""
+    if not record.ok:
+        return record
+    refs = [record.video, *record.images, *(p for e in record.elements for p in (e.frontal, *e.references))]
+    for ref in refs:
+        problem = inputs.host_problem(ref) if ref.lower().startswith(URL_SCHEMES) else inputs.path_problem(ref)
+        if problem:
+            return record.fail(Stage.manifest, problem, path=str(manifest))
+    return record
 
 
 def id_problem(job_id: str) -> str | None:

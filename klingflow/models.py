@@ -154,6 +154,23 @@ class EditParams(BaseModel):
         "slower here) and keep each job's detail in the run log and the report",
         title="Most jobs shown as task runs",
     )
+    input_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders the manifest's local files must be in (after links are resolved). Empty: any file "
+        "for a run from the command line; the manifest's folder for a deployment run, the inbox for inbox runs",
+        title="Allowed input folders",
+    )
+    input_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts http(s) inputs may come from (a name, or *.example.com for its subdomains); empty: any",
+        title="Allowed input hosts",
+    )
+    allow_private_addresses: bool | None = Field(
+        None,
+        description="Fetch http(s) inputs whose host is a loopback, private or link-local address. Empty: yes for a "
+        "run from the command line, no for deployment and inbox runs",
+        title="Inputs from private addresses",
+    )
     simulator_time_scale: float = Field(
         1.0, ge=0, description="Embedded simulator: processing seconds per video second", title="Simulator time scale"
     )

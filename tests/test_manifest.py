@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.errors import ManifestError
+from klingflow.inputs import InputPolicy
 from klingflow.manifest import load_manifest
 
 
@@ -168,3 +169,35 @@ def test_file_urls_are_paths_and_other_schemes_fail_their_row(tmp_path: Path) ->
     assert "row 2 (ftp)" in jobs["ftp"].error
     assert jobs["s3-image"].status == "failed" and "s3://" in jobs["s3-image"].error
     assert jobs["web"].video == "https://example.com/clip.mp4" and jobs["web"].status == "pending"
+
+
+def test_rows_naming_files_or_hosts_the_run_may_not_read_fail_alone(tmp_path: Path) -> None:
+    """A confined run (deployment, inbox): `../` climbs and absolute paths out of the folder, and hosts off the
+    allow-list, fail their own row naming row, manifest and reason; the other rows go on."""
+    folder = tmp_path / "inbox"
+    folder.mkdir()
+    (tmp_path / "secret.mp4").write_bytes(b"s")
+    manifest = folder / "batch.csv"
+    manifest.write_text(
+        "id,prompt,video\n"
+        "ok,@Video1,clip.mp4\n"
+        "climb,@Video1," + "../" * 16 + "etc/passwd\n"
+        f"absolute,@Video1,{tmp_path / 'secret.mp4'}\n"
+        "remote,@Video1,https://intranet.example/a.mp4\n"
+        "cdn,@Video1,https://cdn.example.com/a.mp4\n"
+    )
+    policy = InputPolicy.confined([], ["cdn.example.com"], None, default_root=folder)
+    jobs = {j.job_id: j for j in load_manifest(manifest, inputs=policy)}
+    assert [j for j, r in jobs.items() if r.ok] == ["ok", "cdn"]
+    assert jobs["climb"].error.startswith(f"row 2 (climb), file {manifest}: /etc/passwd is outside")
+    assert jobs["climb"].error_stage == "manifest"
+    assert "secret.mp4 is outside the allowed input folders" in jobs["absolute"].error
+    assert "host 'intranet.example' is not in the allowed input hosts (cdn.example.com)" in jobs["remote"].error
+    assert all(j.ok for j in load_manifest(manifest))  # a local run reads them all
+
+
+def test_a_manifest_outside_the_allowed_folders_is_refused(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,prompt,video\na,@Video1,clip.mp4\n")
+    with pytest.raises(ManifestError, match="is outside the allowed input folders"):
+        load_manifest(manifest, inputs=InputPolicy(roots=(str(tmp_path / "elsewhere"),)))

@@ -12,8 +12,9 @@ import asyncio
 import enum
 import os
 import sys
+import types
 from collections.abc import Sequence
-from typing import get_args
+from typing import get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -32,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("manifest", help="manifest file (.csv, .jsonl, .yaml)")
     add_run_options(run)
     add_verbose(run)
+
+    check = sub.add_parser(
+        "validate",
+        help="check every row of a manifest as a run would (files, probes, limits, estimate); sends fal nothing",
+    )
+    check.add_argument("manifest", help="manifest file (.csv, .jsonl, .yaml)")
+    check.add_argument("--format", choices=["text", "json"], default="text", help="output format (default: text)")
+    add_run_options(check)
 
     demo = sub.add_parser("demo", help="generate the demo inputs and run data/demo/manifest.csv on the simulator")
     demo.add_argument("--time-scale", type=float, default=1.0, help="simulator seconds per video second")
@@ -86,6 +95,9 @@ RUN_OPTIONS: dict[str, str] = {
     "--fetch-timeout": "input_fetch_timeout_s",
     "--estimate-wait": "estimate_wait_s",
     "--task-runs-max": "job_task_runs_max",
+    "--input-root": "input_roots",
+    "--input-host": "input_hosts",
+    "--allow-private-addresses": "allow_private_addresses",
 }
 
 
@@ -98,16 +110,26 @@ def add_verbose(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _unoptional(annotation: object) -> object:
+    """`float | None` -> float; any other annotation as it is."""
+    if isinstance(annotation, types.UnionType):
+        return next((t for t in get_args(annotation) if t is not type(None)), str)
+    return annotation
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     for flag, name in RUN_OPTIONS.items():
         info = EditParams.model_fields[name]
-        kind = next((t for t in (info.annotation, *get_args(info.annotation)) if t is not type(None)), str)
+        kind = _unoptional(info.annotation)
         default = None if info.default_factory else info.default
         default = default.value if isinstance(default, enum.Enum) else default
         help_text = f"{info.description} (default: {default})" if default is not None else info.description
         options: dict[str, object] = {"dest": name, "help": help_text, "default": None}
-        if kind is bool:
-            options |= {"action": "store_true", "default": False, "help": info.description}
+        if kind is bool:  # absent: None, so the field's default (which may depend on the run) applies
+            options |= {"action": "store_true", "help": info.description}
+        elif get_origin(kind) is list:
+            options |= {"action": "append", "metavar": flag.removeprefix("--").replace("-", "_").upper()}
+            options["help"] = f"{info.description} (repeat the option for several)"
         elif isinstance(kind, type) and issubclass(kind, enum.Enum):
             options["choices"] = [member.value for member in kind]
         else:
@@ -211,6 +233,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return run_flow(params, verbose=args.verbose)
+    if args.command == "validate":
+        from klingflow.app.validate import run as run_validate
+
+        try:
+            params = params_from_args(args)
+        except ValueError as exc:
+            print(f"klingflow: {exc}", file=sys.stderr)
+            return EXIT_CANNOT_RUN
+        return run_validate(args, params)
     if args.command == "demo":
         from klingflow.app.demo import run_demo
 

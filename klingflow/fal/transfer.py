@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -46,15 +47,27 @@ async def stream_to_file(client: httpx.AsyncClient, url: str, path: Path, *, max
 
 
 def download_sync(
-    url: str, path: Path, *, timeout_s: float, deadline_s: float | None = None, max_bytes: int | None = None
+    url: str,
+    path: Path,
+    *,
+    timeout_s: float,
+    deadline_s: float | None = None,
+    max_bytes: int | None = None,
+    check: Callable[[str], None] | None = None,
 ) -> int:
     """`stream_to_file` for a thread without an event loop (preprocessing's worker threads).
 
     `timeout_s` bounds each network wait; `deadline_s` the whole transfer (a server trickling bytes never
-    trips a per-read timeout)."""
+    trips a per-read timeout). `check(url)` runs before every request, each redirect included, and may raise
+    to refuse it."""
+
+    async def vet(request: httpx.Request) -> None:
+        if check is not None:
+            check(str(request.url))  # this loop serves this download alone: a blocking lookup stalls nothing else
 
     async def fetch() -> int:
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True) as client:
+        hooks = {"request": [vet]}
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=True, event_hooks=hooks) as client:
             return await asyncio.wait_for(stream_to_file(client, url, path, max_bytes=max_bytes), deadline_s)
 
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,8 +35,17 @@ def part_path(out: Path, suffix: str = "") -> Path:
     return out.with_name(f"{out.name}.{os.getpid()}-{threading.get_ident()}.part{suffix}")
 
 
-def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int, deadline_s: float | None = None) -> Path:
-    """Stream a URL to dest_dir, named by the URL's hash and keeping its extension.
+def download(
+    url: str,
+    dest_dir: Path,
+    *,
+    timeout_s: float,
+    max_bytes: int,
+    deadline_s: float | None = None,
+    check: Callable[[str], None] | None = None,
+) -> Path:
+    """Stream a URL to dest_dir, named by the URL's hash and keeping its extension; `check` vets every URL
+    requested, redirects included (it raises MediaError to refuse one).
 
     Runs its own event loop: preprocessing calls this from worker threads that have none.
     """
@@ -44,7 +54,8 @@ def download(url: str, dest_dir: Path, *, timeout_s: float, max_bytes: int, dead
     out = dest_dir / f"{hashlib.sha256(url.encode()).hexdigest()[:24]}{suffix}"
     tmp = part_path(out)
     try:
-        download_sync(url, tmp, timeout_s=timeout_s, deadline_s=deadline_s, max_bytes=max_bytes)  # tmp gone on failure
+        # tmp is gone on failure
+        download_sync(url, tmp, timeout_s=timeout_s, deadline_s=deadline_s, max_bytes=max_bytes, check=check)
     except DownloadError as exc:
         reason = f"is larger than {max_bytes} bytes" if exc.too_large else f"failed: {exc}"
         raise MediaError(f"download {reason}") from exc

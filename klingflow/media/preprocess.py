@@ -35,6 +35,7 @@ from klingflow.cachedir import private_dir
 from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, prompt_reference_errors
 from klingflow.errors import JobError, MediaError
 from klingflow.hashing import sha256_file
+from klingflow.inputs import InputPolicy
 from klingflow.media.cache import CacheEntry, TranscodeCache
 from klingflow.media.fetch import check_local, download, is_url, part_path
 from klingflow.media.ffmpeg import ffmpeg_args, run_ffmpeg
@@ -77,10 +78,12 @@ class PreprocessSettings(BaseModel):
     download_timeout_s: float = Field(300.0, gt=0, description="longest network wait of an input's download")
     download_deadline_s: float = Field(600.0, gt=0, description="longest an input's whole download may take")
     max_download_bytes: int = Field(4 * 10**9, gt=0)
+    inputs: InputPolicy = Field(InputPolicy(), description="which files and hosts the run may read")
 
     @classmethod
-    def from_params(cls, params: EditParams) -> PreprocessSettings:
+    def from_params(cls, params: EditParams, inputs: InputPolicy | None = None) -> PreprocessSettings:
         return cls(
+            inputs=inputs or InputPolicy(),
             work_dir=str(Path(params.state_dir).expanduser() / "preprocessed"),
             too_long=params.too_long,
             too_short=params.too_short,
@@ -135,7 +138,10 @@ def _localize(location: str, settings: PreprocessSettings, kind: str) -> Path:
             timeout_s=settings.download_timeout_s,
             deadline_s=settings.download_deadline_s,
             max_bytes=settings.max_download_bytes,
+            check=settings.inputs.check_address,
         )
+    if problem := settings.inputs.path_problem(location):
+        raise MediaError(problem)
     return check_local(location)
 
 

@@ -42,6 +42,10 @@ def test_every_option_sets_its_field() -> None:
         "--fetch-timeout=30",
         "--estimate-wait=2.5",
         "--task-runs-max=5",
+        "--input-root=in/a",
+        "--input-root=in/b",
+        "--input-host=cdn.example.com",
+        "--allow-private-addresses",
     )
     assert params.model_dump(mode="json", include=set(RUN_OPTIONS.values())) == {
         "backend": "simulator",
@@ -64,7 +68,15 @@ def test_every_option_sets_its_field() -> None:
         "input_fetch_timeout_s": 30.0,
         "estimate_wait_s": 2.5,
         "job_task_runs_max": 5,
+        "input_roots": ["in/a", "in/b"],
+        "input_hosts": ["cdn.example.com"],
+        "allow_private_addresses": True,
     }
+
+
+def test_a_flag_not_given_leaves_a_run_dependent_default() -> None:
+    """Private addresses: unset on the command line means "the run decides" (allowed locally), not False."""
+    assert _params().allow_private_addresses is None
 
 
 def test_choices_come_from_the_enums(capsys: pytest.CaptureFixture[str]) -> None:

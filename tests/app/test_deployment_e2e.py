@@ -530,3 +530,36 @@ def _wait_hanging_and_billed(stack: Stack, state_dir: Path, run_id: str, timeout
                 return {rid for rid in hanging if rid}, quick[0] or ""
         time.sleep(0.3)
     pytest.fail(f"requests not hanging after {timeout} s: {[(e.job_id, e.state) for e in entries]}\n{stack.logs()}")
+
+
+def test_a_deployment_run_reads_only_its_manifests_folder_and_public_hosts(stack: Stack) -> None:
+    """Whoever can trigger the deployment must not reach the worker's files or network: a row climbing out of
+    the manifest's folder or naming a loopback URL fails alone, before anything is opened or paid."""
+    folder, elsewhere = stack.root / "confined" / "batch", stack.root / "confined" / "elsewhere"
+    inside = make_clip(folder / "clip.mp4", seconds=3, width=1280, height=720)
+    make_clip(elsewhere / "clip.mp4", seconds=3, width=1280, height=720)
+    rows = [
+        {"id": "inside", "prompt": "Make @Video1 sunny (confined)", "video": inside.name},
+        {"id": "climb", "prompt": "Edit @Video1 (confined)", "video": "../elsewhere/clip.mp4"},
+        {"id": "loopback", "prompt": "Edit @Video1 (confined)", "video": f"{stack.sim}/_simulator/ledger"},
+    ]
+    manifest = folder / "batch.jsonl"
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    billed_before = len(httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json())
+    params = {
+        "manifest": str(manifest),
+        "backend": "simulator",
+        "report_dir": str(stack.root / "reports-confined"),
+        "output_dir": str(stack.root / "outputs-confined"),
+        "poll_interval_s": 0.2,
+        "poll_max_interval_s": 0.5,
+    }
+    run_id = _trigger(stack, _deployment(stack, "edit_videos/edit-videos-adhoc")["id"], params)
+
+    state = _wait_finished(stack, [run_id])[run_id]["state"]
+    assert state["type"] == "FAILED", f"{state}\n{stack.logs()}"
+    report = pd.read_parquet(stack.root / "reports-confined").set_index("job_id")
+    assert report["status"].to_dict() == {"inside": "succeeded", "climb": "failed", "loopback": "failed"}
+    assert "elsewhere/clip.mp4 is outside the allowed input folders" in report.loc["climb", "error"]
+    assert "non-public address 127.0.0.1" in report.loc["loopback", "error"]
+    assert len(httpx.get(f"{stack.sim}/_simulator/ledger", timeout=10).json()) == billed_before + 1

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from flows.inbox import CLAIM_PREFIX, InboxParams, ManifestOutcome, claim, process_inbox
@@ -101,3 +102,30 @@ async def test_a_claimed_manifest_is_never_processed_twice(tmp_path: Path, inbox
     assert (inbox / f"{CLAIM_PREFIX}taken.csv").exists()  # still the other run's
     assert len(simulator.ledger()) == 3
     assert all(json.loads(p.read_text())["ok"] for p in (inbox / "done").glob("*.result.json"))
+
+
+async def test_an_inbox_manifest_reads_only_the_inbox_and_public_hosts(
+    tmp_path: Path, inbox: Path, clip: Path, simulator
+) -> None:
+    """Whoever can drop a file reaches neither the worker's other files nor its network: a row naming a file
+    outside the inbox, or a loopback URL, fails alone (never opened, never paid); the inbox's own row is paid."""
+    outside, loopback = str(clip), f"{simulator.url}/storage/clip.mp4"
+    _drop(
+        inbox,
+        "mixed.csv",
+        [
+            ("in", "Make @Video1 sunny", "media/clip.mp4"),
+            ("out", "Edit @Video1", outside),
+            ("net", "Edit @Video1", loopback),
+        ],
+    )
+
+    state, (outcome,) = await _process(_params(tmp_path, inbox))
+
+    assert state == "FAILED" and outcome.summary is not None
+    assert outcome.summary.statuses == {"in": "succeeded", "out": "failed", "net": "failed"}
+    report = pd.read_parquet(tmp_path / "reports").set_index("job_id")
+    assert "is outside the allowed input folders" in report.loc["out", "error"]
+    assert report.loc["out", "error_stage"] == "manifest"
+    assert "resolves to the non-public address 127.0.0.1" in report.loc["net", "error"]
+    assert len(simulator.ledger()) == 1

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from klingflow.endpoint import MAX_IMAGE_BYTES
+from klingflow.inputs import InputPolicy
 from klingflow.media.preprocess import PreprocessSettings, preprocess_job
 from klingflow.models import ElementSpec, JobRecord
 from tests.corpus import Corpus, corpus_fixture  # noqa: F401  (session fixture `corpus`)
@@ -159,3 +160,66 @@ def test_download_over_the_byte_ceiling_is_that_jobs_error(corpus: Corpus, tmp_p
     record = preprocess_job(job(f"{http_server}/{corpus['compliant'].name}", "@Video1"), settings)
     assert record.status == "failed" and "download is larger than 1000 bytes" in record.error
     assert not [p for p in (tmp_path / "work" / "downloads").rglob("*") if p.is_file()]
+
+
+@pytest.fixture
+def redirecting_server(corpus: Corpus) -> Iterator[tuple[str, list[str]]]:
+    """Serves the corpus on 127.0.0.1; `/hop/<name>` redirects to `localhost` (another host); records paths."""
+    seen: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(corpus.root), **kwargs)  # type: ignore[arg-type]
+
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            if self.path.startswith("/hop/"):
+                self.send_response(302)
+                self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/{self.path[5:]}")
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_private_address_is_refused_before_any_request(
+    corpus: Corpus, tmp_path: Path, redirecting_server: tuple[str, list[str]]
+) -> None:
+    """With private addresses refused (deployments, inbox), a loopback URL fails its job and is never fetched."""
+    base, seen = redirecting_server
+    settings = settings_for(tmp_path).model_copy(update={"inputs": InputPolicy(private_addresses=False)})
+    url = f"{base}/{corpus['compliant'].name}"
+    record = preprocess_job(job(url, "@Video1"), settings)
+    assert record.status == "failed" and url in record.error
+    assert "resolves to the non-public address 127.0.0.1" in record.error
+    assert seen == []
+
+
+def test_every_redirect_is_checked_against_the_policy(
+    corpus: Corpus, tmp_path: Path, redirecting_server: tuple[str, list[str]]
+) -> None:
+    """An allowed host cannot bounce the download to a host the policy refuses."""
+    base, seen = redirecting_server
+    allowed = InputPolicy(hosts=("127.0.0.1",))
+    settings = settings_for(tmp_path).model_copy(update={"inputs": allowed})
+    direct = preprocess_job(job(f"{base}/{corpus['compliant'].name}", "@Video1"), settings)
+    assert direct.status == "pending", direct.error
+    bounced = preprocess_job(job(f"{base}/hop/{corpus['compliant'].name}", "@Video1"), settings)
+    assert bounced.status == "failed" and "host 'localhost' is not in the allowed input hosts" in bounced.error
+    assert seen == [f"/{corpus['compliant'].name}", f"/hop/{corpus['compliant'].name}"]
+
+
+def test_a_local_file_outside_the_roots_is_refused_before_it_is_opened(corpus: Corpus, tmp_path: Path) -> None:
+    """Preprocessing checks the policy itself too (a record built without the manifest's check)."""
+    settings = settings_for(tmp_path).model_copy(update={"inputs": InputPolicy(roots=(str(tmp_path / "only"),))})
+    record = preprocess_job(job(corpus["compliant"], "@Video1"), settings)
+    assert record.status == "failed" and "is outside the allowed input folders" in record.error
