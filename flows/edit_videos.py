@@ -44,12 +44,13 @@ from klingflow.pipeline.cancellation import cancel_outstanding_requests
 from klingflow.pipeline.estimate import estimate
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
-from klingflow.pipeline.rows import as_follower, as_row
+from klingflow.pipeline.rows import as_follower, as_row, as_stopped
 from klingflow.report.artifacts import ProgressTracker, ReportPaths
 from tasks.edit import edit
 from tasks.report import report
 
 ADMIT_PER_SLOT = 2  # jobs in progress per request slot: one at fal, one uploading or downloading
+STOPPED_REPORT_S = 20.0  # a stopped run's report must be written well within the worker's 30 s kill grace
 
 
 class RunSummary(BaseModel):
@@ -94,7 +95,13 @@ async def edit_videos(params: EditParams) -> State:
                 jobs = [j.with_(status=JobStatus.dry_run) if j.ok else j for j in keyed if j is not None]
                 backend = f"{kind.value} (dry run)"
             else:
-                jobs = await edit_all(intake, fal, recent, ledger, run_id, params, price)
+                sheet = list(intake.jobs)  # each row as far as it got, for the report of a run stopped midway
+                try:
+                    jobs = await edit_all(intake, fal, recent, ledger, run_id, params, price, sheet)
+                except BaseException:  # cancelled (UI, API, worker), interrupted: report what finished, then stop
+                    stopped = [as_stopped(j, ledger.get(j.job_key) if j.job_key else None, run_id) for j in sheet]
+                    await asyncio.shield(report_stopped(stopped, ledger, run_id, started, fal.label, params))
+                    raise
                 backend = fal.label
         paths = await report(
             quote(jobs),  # quote: Prefect would otherwise walk every record looking for futures
@@ -104,7 +111,7 @@ async def edit_videos(params: EditParams) -> State:
             endpoint=params.endpoint,
             report_dir=params.report_dir,
         )
-        ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd and not j.reused], run_id)
+        _mark_reported(ledger, jobs, run_id)
     summary = summarize(run_id, jobs, estimated, paths)
     message = f"{summary.succeeded}/{summary.jobs} job(s) succeeded, ${summary.cost_usd:.2f} billed"
     logger.info("%s; report %s", message, summary.report_path)
@@ -122,6 +129,38 @@ def input_policy(params: EditParams) -> InputPolicy:
     return InputPolicy.confined(
         params.input_roots, params.input_hosts, params.allow_private_addresses, default_root=folder
     )
+
+
+def _mark_reported(ledger: RequestLedger, jobs: list[JobRecord], run_id: str) -> None:
+    """The bills this run's report carries: no later report carries them again."""
+    ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd and not j.reused], run_id)
+
+
+async def report_stopped(
+    jobs: list[JobRecord], ledger: RequestLedger, run_id: str, started: datetime, backend: str, params: EditParams
+) -> None:
+    """The report of a run stopped midway: the rows that finished, the rest `cancelled` saying where their money
+    stands. Written in the report task's own code, not as a new task run, and bounded in time: the worker kills
+    a cancelled run's process after its grace period, and stopping must not wait on a slow page."""
+    logger = get_run_logger()
+    try:
+        paths = await asyncio.wait_for(
+            report.fn(
+                jobs,
+                run_id=run_id,
+                run_started_at=started,
+                backend=backend,
+                endpoint=params.endpoint,
+                report_dir=params.report_dir,
+            ),
+            STOPPED_REPORT_S,
+        )
+    except Exception:  # the ledger keeps every bill: the next run reports what this one could not
+        logger.warning("the stopped run's report could not be written; the next run reports its bills", exc_info=True)
+        return
+    _mark_reported(ledger, jobs, run_id)
+    finished = sum(j.status is JobStatus.succeeded for j in jobs)
+    logger.warning("run stopped: %d/%d job(s) had finished; report %s", finished, len(jobs), paths.parquet_path)
 
 
 @asynccontextmanager
@@ -174,9 +213,10 @@ async def edit_all(
     run_id: str,
     params: EditParams,
     price: UnitPrice,
+    sheet: list[JobRecord],
 ) -> list[JobRecord]:
     """Run every job as soon as its inputs are ready, at most `max_concurrency` requests in flight; rows with
-    one job key share a request."""
+    one job key share a request. `sheet` holds each row as far as it got (a stopped run reports it)."""
     logger = get_run_logger()
     limit = await ensure_global_limit(params.concurrency_limit, params.max_concurrency)
     logger.info("global concurrency limit %r: %d request(s) in flight", params.concurrency_limit, limit)
@@ -196,13 +236,14 @@ async def edit_all(
                 recent=recent,
                 price=price,
             )
-            return await _edit_each(intake, ctx)
+            return await _edit_each(intake, ctx, sheet)
 
 
-async def _edit_each(intake: Intake, ctx: RunContext) -> list[JobRecord]:
+async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord]) -> list[JobRecord]:
     """Every job once its own row is ready, admitted a few more at a time than the slots allow (an admitted job
     may be a Prefect task run: all of them started at once would keep the server busy while the first
-    submissions wait); the first ready row of a job key leads, the rest follow it."""
+    submissions wait); the first ready row of a job key leads, the rest follow it. `latest` holds each row as
+    far as it got: an exception that escapes becomes that row, and a stopped run reports it."""
     progress = ProgressTracker(total=len(intake.jobs))
     task_runs = len(intake.jobs) <= ctx.params.job_task_runs_max
     if not task_runs:
@@ -214,7 +255,6 @@ async def _edit_each(intake: Intake, ctx: RunContext) -> list[JobRecord]:
         )
     leaders: dict[str, asyncio.Future[JobRecord]] = {}
     admission = asyncio.Semaphore(ADMIT_PER_SLOT * ctx.params.max_concurrency)
-    latest = list(intake.jobs)  # each row as far as it got: an exception that escapes becomes this row
 
     async def one(index: int) -> JobRecord:
         done = latest[index]
@@ -238,6 +278,7 @@ async def _edit_each(intake: Intake, ctx: RunContext) -> list[JobRecord]:
                 result.set_result(done)
             return done
         finally:
+            latest[index] = done
             progress.advance()
             events.job_finished(done)
 

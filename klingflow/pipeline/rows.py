@@ -7,7 +7,9 @@ that job's row, so the run's report is never lost.
 
 from __future__ import annotations
 
-from klingflow.models import OUTPUT_FIELDS, CostSource, JobRecord, JobStatus, Stage
+from klingflow.ledger.decide import JobState
+from klingflow.ledger.store import LedgerEntry
+from klingflow.models import OUTPUT_FIELDS, CostSource, JobRecord, JobStatus, PaidResult, Stage
 
 
 def as_follower(job: JobRecord, leader: JobRecord) -> JobRecord:
@@ -45,3 +47,35 @@ def as_row(job: JobRecord, result: JobRecord | BaseException) -> JobRecord:
         return result
     stage = Stage.submit_unknown if job.request_id is None and job.ok else Stage.collect
     return job.fail(stage, f"unexpected error: {result.__class__.__name__}: {result}")
+
+
+def as_stopped(job: JobRecord, entry: LedgerEntry | None, run_id: str) -> JobRecord:
+    """The row of a job when its run stopped (from the request ledger, which the job kept up to date as it
+    stopped): a job this run had finished is `succeeded` with its bill; any other is `cancelled`, saying where
+    its money stands, at no cost (a bill fal still sends is carried by the report of the run that collects it)."""
+    if not job.ok or job.status is JobStatus.succeeded:
+        return job
+    if entry is not None and entry.state is JobState.succeeded and entry.run_id == run_id:
+        paid = entry.model_dump(include=set(PaidResult.model_fields))
+        return job.with_(**paid, request_id=entry.request_id, status=JobStatus.succeeded)
+    request = {"request_id": entry.request_id} if entry is not None and entry.request_id else {}
+    state = entry.state if entry is not None else JobState.planned
+    return job.with_(**request).fail(Stage.collect, _STOPPED.get(state, _STOPPED_AT_FAL), status=JobStatus.cancelled)
+
+
+_STOPPED_AT_FAL = (
+    "the run was stopped while this job was at fal; its request was asked to cancel, and the next run records "
+    "what fal finally says (fal may still complete and bill it)"
+)
+_STOPPED = {
+    JobState.planned: "the run was stopped before this job was submitted (nothing billed)",
+    JobState.failed_before_submit: "the run was stopped before this job was submitted (nothing billed)",
+    JobState.cancelled: "the run was stopped and fal confirmed the cancel of this job's request (nothing billed)",
+    JobState.succeeded: "an earlier run paid for this edit; this run stopped before it reused the output (no charge)",
+    JobState.submitting: "the run stopped while this job was being submitted; the next run looks for it in fal's "
+    "request history before it submits again",
+    JobState.unknown: "the run stopped while this job was being submitted; the next run looks for it in fal's "
+    "request history before it submits again",
+    JobState.completed: "fal completed and billed this job before the run stopped; the next run downloads it and "
+    "its report carries the bill",
+}
