@@ -9,6 +9,7 @@ new database at once create it once.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,7 +81,7 @@ def _sqlite_immediate(engine: Engine) -> None:
     (pysqlite's own BEGIN comes late and skips DDL); WAL so readers do not block the writer."""
 
     @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    def _connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
         dbapi_connection.isolation_level = None
         dbapi_connection.execute("PRAGMA journal_mode=WAL")
 

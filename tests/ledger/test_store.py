@@ -209,3 +209,23 @@ def test_the_setting_chooses_the_database_and_logs_no_password(
     from klingflow.ledger.schema import safe_url
 
     assert "s3cret" not in safe_url("postgresql+psycopg://team:s3cret@db.example:5432/klingflow")
+
+
+_OPENER = """
+import sys, time
+from klingflow.ledger.store import RequestLedger
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+with RequestLedger(sys.argv[1], "simulator", url=sys.argv[2]) as ledger:
+    print(ledger.try_lock("k", "r"), flush=True)
+    time.sleep(1)
+"""
+
+
+def test_processes_opening_a_new_ledger_at_once_create_it_once(tmp_path: Path, ledger_url: str) -> None:
+    """Three processes opening an empty database at the same instant all get a working ledger; one lock wins."""
+    start_at = time.time() + 3.0
+    argv = [sys.executable, "-c", _OPENER, str(tmp_path), ledger_url, str(start_at)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert sorted(out.strip() for out, _ in results) == ["False", "False", "True"]
