@@ -19,6 +19,7 @@ from pydantic import BaseModel, field_validator
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from klingflow.cachedir import open_json_cache, private_dir
+from klingflow.errors import LedgerSchemaError
 
 DATABASE_URL_ENV = "KLINGFLOW_DATABASE_URL"
 SQLITE_FILE = "ledger.sqlite"
@@ -134,7 +135,9 @@ def _upgrade_once(engine: Engine, legacy_dir: Path | None) -> int:
     with engine.begin() as conn:
         found = current_version(conn)
         if found > SCHEMA_VERSION:
-            raise RuntimeError(f"the request ledger has schema {found}, newer than this klingflow's {SCHEMA_VERSION}")
+            raise LedgerSchemaError(
+                f"the request ledger has schema {found}, newer than this klingflow's {SCHEMA_VERSION}"
+            )
         if found == SCHEMA_VERSION:
             return found
         if found == 0:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from klingflow.errors import LedgerSchemaError
 from klingflow.ledger.schema import SQLITE_FILE
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 
@@ -193,7 +194,7 @@ def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path, ledger_u
         with engine.begin() as conn:
             assert schema.current_version(conn) == schema.SCHEMA_VERSION
             conn.execute(sa.update(schema.schema_version).values(version=schema.SCHEMA_VERSION + 1))
-        with pytest.raises(RuntimeError, match="newer"):
+        with pytest.raises(LedgerSchemaError, match="newer"):
             RequestLedger(tmp_path, "simulator", url=ledger_url)
     finally:
         engine.dispose()
