@@ -29,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.prefect_server import prefect_server
+from klingflow.ledger.schema import DATABASE_URL_ENV
+from klingflow.ledger.store import RequestLedger
 from klingflow.media.probe import probe_video
 from klingflow.media.synth import make_clip
 from klingflow.simulator import Simulator, SimulatorConfig
@@ -48,6 +50,7 @@ class KillReport:
     billed_per_job: dict[str, int] = field(default_factory=dict)
     outputs_verified: int = 0
     final_elapsed_s: float = 0.0
+    ledger_entries: int = 0  # entries the final request ledger holds (in its database)
 
     @property
     def billed_exactly_once(self) -> bool:
@@ -115,9 +118,11 @@ def run(
     log=print,
     history_lag_s: float = HISTORY_LAG_S,
     api_url: str | None = None,
+    database_url: str | None = None,
 ) -> KillReport:
     """The kill loop; every run talks to the Prefect server at `api_url` (the kills land in the pipeline, not
-    in a temporary server's start-up)."""
+    in a temporary server's start-up) and keeps its request ledger at `database_url` (None: SQLite in the
+    state dir)."""
     rng = random.Random(seed)
     manifest = _manifest(root, jobs)
     report = KillReport(kills=kills, jobs=jobs)
@@ -134,6 +139,7 @@ def run(
             "PREFECT_LOGGING_LEVEL": "WARNING",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             **({"PREFECT_API_URL": api_url} if api_url else {}),
+            **({DATABASE_URL_ENV: database_url} if database_url else {}),
         }
         for i in range(kills):
             proc = subprocess.Popen(
@@ -164,6 +170,8 @@ def run(
         if final.returncode != 0:
             log(final.stdout[-4000:] + final.stderr[-4000:])
         report.billed_per_job = dict(Counter(e.input["prompt"] for e in sim.ledger()))
+    with RequestLedger(root / "state" / "requests", "simulator", url=database_url) as ledger:
+        report.ledger_entries = len(ledger.entries())
     history = pd.read_parquet(root / "reports")
     last = history[history["run_started_at"] == history["run_started_at"].max()]
     for path, expected in zip(last["output_path"], last["input_duration_s"], strict=True):
@@ -179,10 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-delay", type=float, default=14.0, help="latest kill, seconds after start")
     parser.add_argument("--history-lag", type=float, default=HISTORY_LAG_S, help="simulator history lag, seconds")
+    parser.add_argument("--database-url", default=os.environ.get(DATABASE_URL_ENV), help="request ledger database")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp, prefect_server(Path(tmp) / "prefect-server") as api_url:
         result = run(
-            args.kills, args.jobs, args.seed, args.max_delay, Path(tmp), history_lag_s=args.history_lag, api_url=api_url
+            args.kills,
+            args.jobs,
+            args.seed,
+            args.max_delay,
+            Path(tmp),
+            history_lag_s=args.history_lag,
+            api_url=api_url,
+            database_url=args.database_url,
         )
     print(
         f"final run exit {result.final_exit} in {result.final_elapsed_s:.1f} s; billed per job: "

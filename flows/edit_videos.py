@@ -79,6 +79,7 @@ async def edit_videos(params: EditParams) -> State:
     key = resolve_fal_key(logger)  # once per run; passed down, never logged
     kind = choose_backend(params.backend, key, logger)
     with RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value) as ledger:
+        logger.info("request ledger: %s", ledger.where)  # password hidden
         inputs = input_policy(params)
         jobs = load_manifest(params.manifest, logger, inputs)
         logger.info("manifest %s: %d job(s)", params.manifest, len(jobs))

@@ -71,6 +71,10 @@ class ReportSchemaError(KlingflowError, ValueError):
     """A table does not match the report schema (nothing is written)."""
 
 
+class LedgerSchemaError(KlingflowError):
+    """The request ledger's database has a schema this klingflow cannot read (written by a newer one)."""
+
+
 class InvalidTransition(KlingflowError, ValueError):
     """An event that cannot happen in a job's state: a driver bug. Never guess with money."""
 

@@ -107,3 +107,31 @@ async def fal(simulator):
 
     async with FalQueue(Target.simulator(simulator.url), SESSION_KEY, backoff=Backoff(base_s=0.01)) as queue:
         yield queue
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[object]:
+    """A throwaway PostgreSQL cluster for the session (initdb/pg_ctl, loopback port), removed at the end.
+
+    Outside CI, without the binaries, the PostgreSQL tests skip; in CI (CI=true) they fail instead.
+    """
+    from tests.pgcluster import find_bindir, start_cluster
+
+    if find_bindir() is None and os.environ.get("CI") != "true":
+        pytest.skip("PostgreSQL binaries (initdb, pg_ctl) not installed; CI installs Debian's postgresql")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh ledger database per test: SQLite in tmp_path, or a new database on the session's cluster."""
+    from klingflow.ledger.schema import sqlite_url
+
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "ledger")
+    cluster = request.getfixturevalue("pg_cluster")
+    return cluster.url(cluster.create_database())

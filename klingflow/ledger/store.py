@@ -1,14 +1,18 @@
 """The request ledger: what was submitted for each job key, written before and after each submit.
 
-It lives next to the upload cache (diskcache, JSON values, private directory; SQLite underneath, so
-a write survives a kill -9 of the writer) and lets a later run:
+It lives in a database (klingflow.ledger.schema): by default a SQLite file in the state dir, next to
+the upload cache (private directory; each write commits, so it survives a kill -9 of the writer); with
+KLINGFLOW_DATABASE_URL set, a PostgreSQL database that workers on several machines share. It lets a
+later run:
 - reuse a result that was already paid for instead of paying again;
 - resume polling a request that a crashed run submitted, by its request id;
 - see that a crash happened between "submitting" and "submitted" (the only window in which a
   request may exist at fal without klingflow knowing its id) and settle it instead of resending.
 
-Per-job locks with expiring, renewed leases keep two concurrent runs from submitting the same job;
-a lock whose owner process is gone (same host, pid not alive) or whose lease lapsed is taken over.
+Per-job locks with expiring, renewed leases keep two concurrent runs (on any machines) from submitting
+the same job: a lock is a row taken by insert and taken over or renewed only by a compare-and-set on
+its holder and lease, so of two contenders exactly one wins. A lock whose owner process is gone (same
+host, pid not alive) or whose lease lapsed is taken over.
 """
 
 from __future__ import annotations
@@ -23,10 +27,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import sqlalchemy as sa
 from pydantic import BaseModel
 
-from klingflow.cachedir import open_json_cache
+from klingflow.ledger import schema
 from klingflow.ledger.decide import JobState
+from klingflow.ledger.schema import LedgerSettings, entries, locks
 from klingflow.models import PaidResult
 
 _open_tokens: set[str] = set()  # tokens of the ledgers open in this process (their runs are going on)
@@ -80,14 +86,28 @@ class LedgerEntry(PaidResult):
 
 
 class RequestLedger:
-    """Persistent job-key → LedgerEntry map, namespaced by backend, with per-key locks."""
+    """Persistent job-key → LedgerEntry map, namespaced by backend, with per-key locks.
 
-    def __init__(self, directory: str | Path, namespace: str, *, lease_s: float = 60.0) -> None:
-        self._cache = open_json_cache(directory)
+    `directory` holds the SQLite ledger unless `url` (default: KLINGFLOW_DATABASE_URL) names a database.
+    """
+
+    def __init__(self, directory: str | Path, namespace: str, *, lease_s: float = 60.0, url: str | None = None) -> None:
+        self.url = url or LedgerSettings.from_env(dict(os.environ)).url or schema.sqlite_url(directory)
+        self._engine = schema.create_ledger_engine(self.url)
+        schema.upgrade(self._engine, Path(directory).expanduser() if self.is_sqlite else None)
         self.namespace = namespace
         self.lease_s = lease_s
         self.token = uuid.uuid4().hex[:12]  # this ledger's identity as a lock owner (one per run)
         _open_tokens.add(self.token)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.url.startswith("sqlite")
+
+    @property
+    def where(self) -> str:
+        """The ledger's database, fit for a log line (no password)."""
+        return schema.safe_url(self.url)
 
     def owner(self, run_id: str, lease_s: float) -> LockOwner:
         """This run as the owner of a lock or a bill, for `lease_s` seconds."""
@@ -106,18 +126,27 @@ class RequestLedger:
         owner = entry.bill_owner
         return owner is None or owner.token == self.token or owner.is_stale(time.time())
 
-    def _key(self, job_key: str) -> str:
-        return f"{self.namespace}|entry|{job_key}"
-
-    def _lock_key(self, job_key: str) -> str:
-        return f"{self.namespace}|lock|{job_key}"
+    def _match(self, table: sa.Table, job_key: str) -> sa.ColumnElement[bool]:
+        return sa.and_(table.c.namespace == self.namespace, table.c.job_key == job_key)
 
     def get(self, job_key: str) -> LedgerEntry | None:
-        raw = self._cache.get(self._key(job_key))
-        return LedgerEntry.model_validate(raw) if raw else None
+        with self._engine.begin() as conn:
+            body = conn.execute(sa.select(entries.c.body).where(self._match(entries, job_key))).scalar_one_or_none()
+        return LedgerEntry.model_validate_json(body) if body else None
 
     def put(self, entry: LedgerEntry) -> None:
-        self._cache.set(self._key(entry.job_key), entry.model_dump(mode="json"))
+        """Insert or replace the key's entry (update first; insert when there was none)."""
+        values = {"body": entry.model_dump_json(), "updated_at": entry.updated_at}
+        for attempt in range(2):
+            try:
+                with self._engine.begin() as conn:
+                    changed = conn.execute(entries.update().where(self._match(entries, entry.job_key)).values(values))
+                    if changed.rowcount == 0:
+                        conn.execute(entries.insert().values(namespace=self.namespace, job_key=entry.job_key, **values))
+                return
+            except sa.exc.IntegrityError:  # another process inserted it between our update and insert
+                if attempt:
+                    raise
 
     def write(self, entry: LedgerEntry, **fields: object) -> LedgerEntry:
         """Write `entry` with `fields` changed, validated (unknown fields and wrong types raise)."""
@@ -133,42 +162,44 @@ class RequestLedger:
         return self.write(current, **fields)
 
     def entries(self) -> list[LedgerEntry]:
-        prefix = f"{self.namespace}|entry|"
-        return [
-            LedgerEntry.model_validate(self._cache[k])
-            for k in list(self._cache.iterkeys())
-            if isinstance(k, str) and k.startswith(prefix) and k in self._cache
-        ]
+        query = sa.select(entries.c.body).where(entries.c.namespace == self.namespace).order_by(entries.c.updated_at)
+        with self._engine.begin() as conn:
+            return [LedgerEntry.model_validate_json(body) for body in conn.execute(query).scalars()]
 
     def try_lock(self, job_key: str, run_id: str) -> bool:
         """Take the job's lock if free or stale; renewing it when we already hold it."""
-        key, now = self._lock_key(job_key), time.time()
-        mine = LockOwner(
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            token=self.token,
-            run_id=run_id,
-            lease_until=now + self.lease_s,
-        )
-        with self._cache.transact():
-            raw = self._cache.get(key)
-            if raw is not None:
-                held = LockOwner.model_validate(raw)
-                if held.token != self.token and not held.is_stale(now):
-                    return False
-            self._cache.set(key, mine.model_dump())
-            return True
+        mine, held = self.owner(run_id, self.lease_s), self.lock_holder(job_key)
+        if held is None:
+            return self._insert_lock(job_key, mine)
+        if held.token != self.token and not held.is_stale(time.time()):
+            return False
+        return self._swap_lock(job_key, held, mine)
+
+    def _insert_lock(self, job_key: str, mine: LockOwner) -> bool:
+        """Take a free lock; False when another process inserted it first (the primary key decides)."""
+        row = {"namespace": self.namespace, "job_key": job_key, "token": mine.token}
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(locks.insert().values(**row, lease_until=mine.lease_until, owner=mine.model_dump_json()))
+        except sa.exc.IntegrityError:
+            return False
+        return True
+
+    def _swap_lock(self, job_key: str, held: LockOwner, mine: LockOwner) -> bool:
+        """Compare-and-set: replace `held` by `mine` only if the row still shows `held` (one contender wins)."""
+        seen = sa.and_(locks.c.token == held.token, locks.c.lease_until == held.lease_until)
+        values = {"token": mine.token, "lease_until": mine.lease_until, "owner": mine.model_dump_json()}
+        with self._engine.begin() as conn:
+            return conn.execute(locks.update().where(self._match(locks, job_key), seen).values(values)).rowcount == 1
 
     def unlock(self, job_key: str) -> None:
-        key = self._lock_key(job_key)
-        with self._cache.transact():
-            raw = self._cache.get(key)
-            if raw is not None and LockOwner.model_validate(raw).token == self.token:
-                self._cache.delete(key)
+        with self._engine.begin() as conn:
+            conn.execute(locks.delete().where(self._match(locks, job_key), locks.c.token == self.token))
 
     def lock_holder(self, job_key: str) -> LockOwner | None:
-        raw = self._cache.get(self._lock_key(job_key))
-        return LockOwner.model_validate(raw) if raw else None
+        with self._engine.begin() as conn:
+            raw = conn.execute(sa.select(locks.c.owner).where(self._match(locks, job_key))).scalar_one_or_none()
+        return LockOwner.model_validate_json(raw) if raw else None
 
     @asynccontextmanager
     async def locked(self, job_key: str, run_id: str, *, poll_s: float = 0.5) -> AsyncIterator[None]:
@@ -198,7 +229,7 @@ class RequestLedger:
 
     def close(self) -> None:
         _open_tokens.discard(self.token)
-        self._cache.close()
+        self._engine.dispose()
 
     def __enter__(self) -> RequestLedger:
         return self

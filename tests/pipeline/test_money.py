@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from klingflow.ledger.decide import JobState
+from klingflow.ledger.schema import SQLITE_FILE
 from klingflow.ledger.store import RequestLedger
 from klingflow.media.synth import make_clip
 from klingflow.simulator import FaultConfig, RouteFaults
@@ -134,7 +135,7 @@ async def test_4_a_lost_or_separate_ledger_adopts_what_fal_already_did(
     params = fast_params(tmp_path, _manifest(tmp_path, _jobs(clip, 3)))
     assert (await run_flow(params))[0] == "COMPLETED"
     if how == "truncated_ledger":
-        (Path(params.state_dir) / "requests" / "cache.db").write_bytes(b"")
+        (Path(params.state_dir) / "requests" / SQLITE_FILE).write_bytes(b"")
         again = params
     else:
         again = params.model_copy(update={"state_dir": str(tmp_path / "elsewhere"), "output_dir": str(tmp_path / "o2")})
