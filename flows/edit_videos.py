@@ -100,6 +100,8 @@ async def edit_videos(params: EditParams) -> State:
             backend=backend,
             endpoint=params.endpoint,
             report_dir=params.report_dir,
+            manifest=params.manifest,
+            run_name=params.run_name,
         )
         ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd and not j.reused], run_id)
     summary = summarize(run_id, jobs, estimated, paths)

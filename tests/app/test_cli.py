@@ -42,6 +42,7 @@ def test_every_option_sets_its_field() -> None:
         "--fetch-timeout=30",
         "--estimate-wait=2.5",
         "--task-runs-max=5",
+        "--name=batch-7",
     )
     assert params.model_dump(mode="json", include=set(RUN_OPTIONS.values())) == {
         "backend": "simulator",
@@ -64,6 +65,7 @@ def test_every_option_sets_its_field() -> None:
         "input_fetch_timeout_s": 30.0,
         "estimate_wait_s": 2.5,
         "job_task_runs_max": 5,
+        "run_name": "batch-7",
     }
 
 
