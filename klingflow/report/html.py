@@ -339,6 +339,7 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
     peak = _nice_max(max([r["cost_usd"] for r in runs] + [0.0]))
     plot_w, plot_h = w - left - 10, h - top - bottom
     step = plot_w / max(1, len(runs))
+    fit = max(6, int(step / 6.5))  # characters of an 11 px label that fit under one bar
     for i in range(5):
         y = top + plot_h * (1 - i / 4)
         body.append(
@@ -348,11 +349,12 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
     for i, r in enumerate(runs):
         bh = plot_h * r["cost_usd"] / peak
         x = left + i * step
-        name = escape(run_label(r, id_chars=8))
+        name = run_label(r, id_chars=8)
         body.append(
             f'<rect x="{x + step * 0.15:.1f}" y="{top + plot_h - bh:.1f}" width="{step * 0.7:.1f}" '
-            f'height="{bh:.1f}" fill="#00838f"><title>{name}: {_usd(r["cost_usd"])}</title></rect>'
-            f'<text x="{x + step / 2:.1f}" y="{h - 20}" text-anchor="middle" fill="#333">{name[:12]}</text>'
+            f'height="{bh:.1f}" fill="#00838f"><title>{escape(name)}: {_usd(r["cost_usd"])}</title></rect>'
+            f'<text x="{x + step / 2:.1f}" y="{h - 20}" text-anchor="middle" fill="#333">'
+            f"{escape(_fit(name, fit))}</text>"
         )
     return _svg(w, h, "Spend per run", body)
 

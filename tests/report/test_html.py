@@ -187,7 +187,8 @@ def test_billed_minus_estimated_leaves_budget_skipped_jobs_out(tmp_path: Path) -
     assert totals.estimate_delta_usd == pytest.approx(0.0) and totals.estimate_delta_jobs == 1
     assert totals.budget_skipped == 1 and totals.estimated_cost_usd > totals.cost_usd
     html = render_html(df, title="r1", thumbnails=False)
-    assert "billed \N{MINUS SIGN} estimated $0.00\n      over 1 job(s); 1 budget-skipped left out" in html
+    card = html.split('id="estimate-delta"', 1)[1].split("</div></div>", 1)[0]
+    assert '<div class="value">$0.00</div>' in card and "over 1 job(s) sent to fal; 1 budget-skipped left out" in card
     assert "Billed minus estimated cost over the jobs sent to fal" in html
 
 
