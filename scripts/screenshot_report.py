@@ -38,15 +38,18 @@ def find_chromium() -> str | None:
 
 
 def screenshot(
-    html: Path,
+    html: Path | str,
     png: Path,
     *,
     width: int = 1280,
     height: int = 2000,
     chromium: str | None = None,
     timeout_s: float = 120.0,
+    wait_ms: int = 0,
+    offline: bool = True,
 ) -> Path:
-    """Render `html` headless and write a width x height PNG; raises if Chromium fails or writes nothing."""
+    """Render `html` (a file, or an http URL such as a Prefect UI page) headless and write a width x height PNG;
+    raises if Chromium fails or writes nothing. `wait_ms` lets a single-page app load its data first."""
     binary = chromium or find_chromium()
     if binary is None:
         raise FileNotFoundError("no Chromium found (apt-get install -y chromium, or set KLINGFLOW_CHROMIUM)")
@@ -68,8 +71,11 @@ def screenshot(
             f"--user-data-dir={profile}",
             f"--screenshot={png}",
             f"--window-size={width},{height}",
-            Path(html).absolute().as_uri(),
+            *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),
+            html if isinstance(html, str) and "://" in html else Path(html).absolute().as_uri(),
         ]
+        if not offline:
+            cmd.remove("--disable-background-networking")
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if not png.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}")
