@@ -150,7 +150,7 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
     lines = [
         f"# klingflow run {_md(run_label(run))}",
         "",
-        "| | |",
+        "| run | |",
         "|---|---|",
         f"| run name | {_md(run.get('run_name') or '—')} |",
         f"| run id | `{run_id}` |",
