@@ -111,6 +111,8 @@ async def edit_videos(params: EditParams) -> State:
             backend=backend,
             endpoint=params.endpoint,
             report_dir=params.report_dir,
+            manifest=params.manifest,
+            run_name=params.run_name,
         )
         _mark_reported(ledger, jobs, run_id)
     summary = summarize(run_id, jobs, estimated, paths)

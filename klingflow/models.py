@@ -88,6 +88,12 @@ class EditParams(BaseModel):
     max_concurrency: int = Field(
         2, ge=1, le=200, description="Requests in flight at fal at once (all workers)", title="Requests in flight"
     )
+    run_name: str | None = Field(
+        None,
+        max_length=200,
+        description="A name for this run in reports (e.g. the batch); None = the Prefect flow run's name",
+        title="Run name",
+    )
     output_dir: str = Field("outputs", description="Where edited videos are downloaded", title="Output folder")
     report_dir: str = Field("reports", description="Where the parquet report history is written", title="Report folder")
     force: bool = Field(

@@ -38,15 +38,18 @@ def find_chromium() -> str | None:
 
 
 def screenshot(
-    html: Path,
+    html: Path | str,
     png: Path,
     *,
     width: int = 1280,
     height: int = 2000,
     chromium: str | None = None,
     timeout_s: float = 120.0,
+    wait_ms: int = 0,
+    offline: bool = True,
 ) -> Path:
-    """Render `html` headless and write a width x height PNG; raises if Chromium fails or writes nothing."""
+    """Render `html` (a file, or an http URL such as a Prefect UI page) headless and write a width x height PNG;
+    raises if Chromium fails or writes nothing. `wait_ms` lets a single-page app load its data first."""
     binary = chromium or find_chromium()
     if binary is None:
         raise FileNotFoundError("no Chromium found (apt-get install -y chromium, or set KLINGFLOW_CHROMIUM)")
@@ -68,8 +71,11 @@ def screenshot(
             f"--user-data-dir={profile}",
             f"--screenshot={png}",
             f"--window-size={width},{height}",
-            Path(html).absolute().as_uri(),
+            *([f"--virtual-time-budget={wait_ms}"] if wait_ms else []),
+            html if isinstance(html, str) and "://" in html else Path(html).absolute().as_uri(),
         ]
+        if not offline:
+            cmd.remove("--disable-background-networking")
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if not png.is_file():
         raise RuntimeError(f"Chromium wrote no screenshot (exit {done.returncode}): {done.stderr[-2000:]}")
@@ -103,7 +109,7 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
     from klingflow.media.synth import make_clip
     from klingflow.models import JobRecord
 
-    seconds = 3 + i
+    seconds = 3 + i % 3
     src = make_clip(media / f"run{run}-{i}-in.mp4", seconds=seconds, width=640, height=360, audio=False)
     out = _restyle(src, media / f"run{run}-{i}-out.mp4")
     sub = start + timedelta(hours=run, seconds=i * 5)
@@ -111,7 +117,7 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
     job = JobRecord(
         job_id=f"job-{i + 1}",
         row=i + 1,
-        prompt=f"Restyle @Video1 as a {STYLES[i]} scene",
+        prompt=f"Restyle @Video1 as a {STYLES[i % 3]} scene",
         video=str(src),
         input_path=str(src),
         input_duration_s=float(seconds),
@@ -128,32 +134,53 @@ def _demo_job(run: int, i: int, media: Path, start: datetime) -> JobRecord:
         cost_usd=cost,
         cost_source="header",
     )
-    if run == 1 and i == 2:
-        job = job.fail("collect", "row 3 (job-3): collect failed: request timed out after 3600 s")
+    if run == 1 and i >= 2:  # the failures group into one kind however their rows and seconds differ
+        job = job.fail("collect", f"collect failed: request timed out after {3590 + i} s")
+        job = job.model_copy(update={"output_path": None, "cost_usd": None, "billed_seconds": None})
+    if run == 1 and i == 1:  # estimated, never billed: not an estimate error
+        job = job.model_copy(
+            update={"status": "skipped_budget", "error": "row 2 (job-2): skipped: the budget cap was reached"}
+        )
         job = job.model_copy(update={"output_path": None, "cost_usd": None, "billed_seconds": None})
     return job
 
 
-def demo_report(folder: Path) -> Path:
-    """Write a two-run demo history with real synthetic clips and its cross-run HTML report."""
+DEMO_RUNS = (
+    ("4f6c2a9e-1b7d-4c3e-9a51-0d2e8f7b6a13", "monday-batch"),
+    ("b81d3e07-52fa-4e6b-8c90-7a1f2d4e5c68", "tuesday-batch"),
+)
+
+
+def demo_history(folder: Path, *, jobs: int = 5) -> Path:
+    """Write a two-run demo history (named runs of one manifest, real synthetic clips); return the report dir."""
     from klingflow.endpoint import ENDPOINT_ID
-    from klingflow.report.html import write_html
-    from klingflow.report.writer import read_history, records_to_table, write_run_report
+    from klingflow.report.writer import RunInfo, records_to_table, write_run_report
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
-    for run in range(2):
-        records = [_demo_job(run, i, folder / "media", start) for i in range(3)]
+    manifest = folder / "batch.csv"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("id,prompt,video\n" + "".join(f"job-{i + 1},{STYLES[i % 3]},in.mp4\n" for i in range(jobs)))
+    for run, (run_id, name) in enumerate(DEMO_RUNS):
+        records = [_demo_job(run, i, folder / "media", start) for i in range(jobs)]
         table = records_to_table(
             records,
-            run_id=f"demo-run-{run + 1}",
+            run_id=run_id,
             run_started_at=start + timedelta(hours=run),
             backend="simulator",
             endpoint=ENDPOINT_ID,
+            run=RunInfo.of(str(manifest), name),
         )
-        write_run_report(table, folder / "reports", run_id=f"demo-run-{run + 1}")
-    return write_html(
-        read_history(folder / "reports"), folder / "reports" / "_html" / "demo.html", title="klingflow demo report"
-    )
+        write_run_report(table, folder / "reports", run_id=run_id)
+    return folder / "reports"
+
+
+def demo_report(folder: Path) -> Path:
+    """Write a two-run demo history with real synthetic clips and its cross-run HTML report."""
+    from klingflow.report.html import write_html
+    from klingflow.report.writer import read_history
+
+    reports = demo_history(folder)
+    return write_html(read_history(reports), reports / "_html" / "demo.html", title="klingflow demo report")
 
 
 def main(argv: list[str] | None = None) -> int:

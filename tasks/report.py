@@ -14,19 +14,35 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
 
 from klingflow.models import JobRecord
 from klingflow.report.artifacts import ReportPaths, publish_artifacts, write_files
-from klingflow.report.writer import records_to_table
+from klingflow.report.writer import RunInfo, records_to_table
 
 
 @task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 async def report(
-    records: list[JobRecord], *, run_id: str, run_started_at: datetime, backend: str, endpoint: str, report_dir: str
+    records: list[JobRecord],
+    *,
+    run_id: str,
+    run_started_at: datetime,
+    backend: str,
+    endpoint: str,
+    report_dir: str,
+    manifest: str | None = None,
+    run_name: str | None = None,
 ) -> ReportPaths:
-    """Write the run's parquet file and HTML page and publish the table/summary/link artifacts."""
+    """Write the run's parquet file and HTML page and publish the table/summary/link/UI-report artifacts.
+
+    The run is named by `run_name` (the user's --name) or else the Prefect flow run's name, so a report row
+    says which batch it came from; the manifest is recorded with its sha256 (read here, once per run).
+    """
     logger = get_run_logger()
-    table = records_to_table(records, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint)
+    run = await asyncio.to_thread(RunInfo.of, manifest, run_name or flow_run.get_name())
+    table = records_to_table(
+        records, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint, run=run
+    )
     parquet, html, df, summary = await asyncio.to_thread(write_files, table, Path(report_dir), run_id)
     logger.info("report: %s%s", parquet, f", {html}" if html else " (no HTML page)")
     try:

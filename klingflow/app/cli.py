@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 RUN_OPTIONS: dict[str, str] = {
     "--backend": "backend",
     "--concurrency": "max_concurrency",
+    "--name": "run_name",
     "--out": "output_dir",
     "--report-dir": "report_dir",
     "--state-dir": "state_dir",

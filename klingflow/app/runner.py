@@ -51,7 +51,8 @@ async def run_with_progress(params: EditParams, *, verbose: bool = False):
         unsubscribe = events.subscribe(advance)
         try:
             with prefect_api(), logs_above(bar.console, verbose=verbose):
-                state = await edit_videos(params, return_state=True)
+                flow = edit_videos.with_options(flow_run_name=params.run_name) if params.run_name else edit_videos
+                state = await flow(params, return_state=True)  # --name also names the run in the Prefect UI
         except LocalServerError as exc:
             console.print(f"[red]klingflow: {exc}[/red]")
             return None

@@ -8,6 +8,7 @@ flow's event loop keeps serving other jobs' polls.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
@@ -28,15 +29,21 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_logger
 from pydantic import BaseModel
 
-from klingflow.report.html import write_html
-from klingflow.report.summary import Summary, Totals, format_usd, summarize
+from klingflow.report.html import decode_frames, local_file, safe_href, write_html
+from klingflow.report.summary import Summary, Totals, format_usd, manifest_label, number, run_label, summarize
 from klingflow.report.writer import HTML_SUBDIR, run_file_name, thumb_cache_dir, write_run_report
 
 TABLE_KEY = "klingflow-jobs"
 SUMMARY_KEY = "klingflow-summary"
 LINK_KEY = "klingflow-html-report"
 PROGRESS_KEY = "klingflow-progress"
+UI_REPORT_KEY = "klingflow-report"
 _PROMPT_CHARS = 120
+# Prefect 3.8 puts no cap on an artifact's data (a JSON column; ArtifactCreate has no max_length), but the
+# server refuses events over PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB by default) and the UI renders
+# the markdown in the browser: the UI report stays under 1 MB, thumbnails included.
+UI_REPORT_MAX_BYTES = 1_000_000
+UI_THUMB_WIDTH = 160
 
 
 class ReportPaths(BaseModel):
@@ -79,6 +86,11 @@ async def publish_artifacts(
         markdown=summary_markdown(summary, run_id=run_id, parquet=parquet, html=html),
         key=SUMMARY_KEY,
         description=f"Summary of run {run_id}",
+    )
+    await acreate_markdown_artifact(
+        markdown=await asyncio.to_thread(ui_report_markdown, df, summary, run_id=run_id, parquet=parquet, html=html),
+        key=UI_REPORT_KEY,
+        description=f"Report of run {run_id}: jobs, output links and thumbnails (opens in the Prefect UI)",
     )
     if html is not None:
         await acreate_link_artifact(
@@ -134,11 +146,15 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
     """The markdown summary artifact: counts, spend vs estimate, latency percentiles, top errors."""
     t = summary.totals
     rate = "—" if t.success_rate is None else f"{t.success_rate:.0%}"
+    run = summary.by_run[0] if summary.by_run else {"run_id": run_id}
     lines = [
-        f"# klingflow run `{run_id}`",
+        f"# klingflow run {_md(run_label(run))}",
         "",
-        "| | |",
+        "| run | |",
         "|---|---|",
+        f"| run name | {_md(run.get('run_name') or '—')} |",
+        f"| run id | `{run_id}` |",
+        f"| manifest | {_md(manifest_label(run))} |",
         f"| jobs | {t.jobs} |",
         f"| succeeded | {t.succeeded} |",
         f"| failed | {t.failed} |",
@@ -146,7 +162,8 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
         f"| success rate | {rate} |",
         f"| total cost (billed) | {format_usd(t.cost_usd)} |",
         f"| estimated cost | {format_usd(t.estimated_cost_usd)} |",
-        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} |",
+        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} over {t.estimate_delta_jobs} job(s) sent to fal"
+        + (f"; {t.budget_skipped} budget-skipped left out |" if t.budget_skipped else " |"),
         f"| billed / estimated seconds | {t.billed_seconds:,.0f} / {t.estimated_seconds:,.0f} |",
     ]
     if t.reused:
@@ -156,12 +173,86 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
         cells = " | ".join(_secs(d[q]) for q in ("p50", "p95", "max"))
         lines.append(f"| {name} | {d['n']} | {cells} |")
     if summary.failures:
-        lines += ["", "**Failures by error**", "", "| n | stage | error |", "|---:|---|---|"]
+        lines += [
+            "",
+            "**Failures by error**",
+            "",
+            "| n | stage | error kind | example message |",
+            "|---:|---|---|---|",
+        ]
         for f in summary.failures[:10]:
-            error = str(f["error"]).replace("|", "\\|").replace("\n", " ")[:200]
-            lines.append(f"| {f['count']} | {f['error_stage'] or '—'} | {error} |")
+            lines.append(
+                f"| {f['count']} | {f['error_stage'] or '—'} | {_md(f['kind'])} | {_md(str(f['error'])[:200])} |"
+            )
     lines += ["", f"Parquet: `{parquet}`", f"HTML: `{html}`" if html else "HTML: not written (see the task log)"]
     return "\n".join(lines)
+
+
+def _md(text: Any) -> str:
+    """`text` safe in one markdown table cell: pipes escaped, no newlines, no HTML tags."""
+    return str(text).replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _thumb(row: dict[str, Any]) -> str | None:
+    """A small JPEG data URI of the output's middle frame (None when there is no local, decodable output)."""
+    path = local_file(row.get("output_path"))
+    duration = number(row.get("output_duration_s"))
+    if path is None or not path.is_file():
+        return None
+    return decode_frames(path, [round((duration or 0) / 2, 3)], UI_THUMB_WIDTH)[0].uri
+
+
+def _job_line(row: dict[str, Any], thumb: str | None) -> str:
+    """One job as a markdown table row: status, job, cost, output link, thumbnail, error."""
+    href = safe_href(row.get("output_url"))
+    link = f"[output]({href})" if href and href.startswith(("http://", "https://")) else "—"
+    image = f"![{_md(row['job_id'])}]({thumb})" if thumb else "—"
+    error = _md(str(row.get("error"))[:200]) if row.get("error") else ""
+    cost = format_usd(row.get("cost_usd"), 3)
+    return (
+        f"| {_md(row.get('status'))} | {_md(row['job_id'])} | {cost} | {format_usd(row.get('estimated_cost_usd'), 3)}"
+        f" | {link} | {image} | {error} |"
+    )
+
+
+def ui_report_markdown(
+    df: pd.DataFrame,
+    summary: Summary,
+    *,
+    run_id: str,
+    parquet: Path,
+    html: Path | None,
+    max_bytes: int = UI_REPORT_MAX_BYTES,
+) -> str:
+    """The report as it opens in the Prefect UI (a file:// link does not): the summary, then one row per job
+    with its output link and an inline thumbnail, thumbnails left out (and said so) past `max_bytes`."""
+    head = summary_markdown(summary, run_id=run_id, parquet=parquet, html=html)
+    columns = ["job_id", "status", "cost_usd", "estimated_cost_usd", "output_url", "output_path", "output_duration_s"]
+    rows = [{k: _cell(v) for k, v in r.items()} for r in df[[*columns, "error"]].to_dict("records")]
+    plain = [_job_line(r, None) for r in rows]
+    budget = max_bytes - len(head.encode()) - sum(len(line) for line in plain) - 2_000
+    lines, left_out = [], 0
+    for row, bare in zip(rows, plain, strict=True):
+        thumb = _thumb(row) if budget > 0 else None
+        line = _job_line(row, thumb) if thumb else bare
+        if thumb and len(line) - len(bare) > budget:
+            line, left_out = bare, left_out + 1
+        elif thumb:
+            budget -= len(line) - len(bare)
+        elif budget <= 0 and local_file(row.get("output_path")):
+            left_out += 1
+        lines.append(line)
+    note = (
+        [
+            f"_{left_out} thumbnail(s) left out to keep this artifact under {max_bytes / 1e6:.1f} MB; "
+            "the HTML report has them all._",
+            "",
+        ]
+        if left_out
+        else []
+    )
+    table = ["| status | job | cost | estimated | output | thumbnail | error |", "|---|---|---:|---:|---|---|---|"]
+    return "\n".join([head, "", f"## Jobs ({len(rows)})", "", *note, *table, *lines])
 
 
 class ProgressTracker:

@@ -26,7 +26,9 @@ from klingflow.report.summary import (
     filter_history,
     format_usd,
     json_clean,
+    manifest_label,
     parse_bound,
+    run_label,
     summarize,
 )
 from klingflow.report.writer import read_history, thumb_cache_dir
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _html_title(summary: Summary) -> str:
     runs = summary.by_run
     if len(runs) == 1:
-        return f"klingflow run {runs[0]['run_id']}"
+        return f"klingflow run {run_label(runs[0])}"
     return f"klingflow report: {len(runs)} runs"
 
 
@@ -163,7 +165,9 @@ def _print_text(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) ->
         f"[bold]{t.runs} run(s), {t.jobs} job(s)[/]: {t.succeeded} succeeded, {t.failed} failed, "
         f"{t.other} other · success rate {_fmt(t.success_rate, 'pct')} · spend {_fmt(t.cost_usd, 'usd')} "
         f"(estimated {_fmt(t.estimated_cost_usd, 'usd')}, billed - estimated "
-        f"{_fmt(t.estimate_delta_usd, 'usd')}) · {t.billed_seconds:,.0f} billed s"
+        f"{_fmt(t.estimate_delta_usd, 'usd')} over {t.estimate_delta_jobs} job(s)"
+        + (f", {t.budget_skipped} budget-skipped left out" if t.budget_skipped else "")
+        + f") · {t.billed_seconds:,.0f} billed s"
         + (f" · {t.reused} reused" if t.reused else "")
     )
     console.print(
@@ -176,6 +180,13 @@ def _print_text(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) ->
                 *_GROUP_COLUMNS,
             ],
             summary.by_run,
+        )
+    )
+    console.print(
+        _table(
+            "Runs: name and manifest",
+            [("run_id", "run", "id"), ("run_name", "name", ""), ("manifest", "manifest (sha256)", "")],
+            [{**r, "manifest": manifest_label(r)} for r in summary.by_run],
         )
     )
     console.print(
@@ -198,7 +209,8 @@ def _print_text(summary: Summary, df: pd.DataFrame, args: argparse.Namespace) ->
                     ("count", "n", "n"),
                     ("status", "status", ""),
                     ("error_stage", "stage", ""),
-                    ("error", "error", ""),
+                    ("kind", "error kind", ""),
+                    ("error", "example message", ""),
                     ("examples", "examples", ""),
                 ],
                 failures,

@@ -26,7 +26,16 @@ from markupsafe import Markup
 from PIL import Image
 
 from klingflow.report.reconcile import ReconciliationView
-from klingflow.report.summary import DURATION_COLUMNS, FAILED_STATUSES, Summary, format_usd, number, summarize
+from klingflow.report.summary import (
+    DURATION_COLUMNS,
+    FAILED_STATUSES,
+    Summary,
+    format_usd,
+    manifest_label,
+    number,
+    run_label,
+    summarize,
+)
 from klingflow.report.writer import atomic_path
 
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -63,7 +72,7 @@ class ThumbPair:
 # ---------------------------------------------------------------- thumbnails
 
 
-def _local_file(path: Any) -> Path | None:
+def local_file(path: Any) -> Path | None:
     """A local path if `path` names one (not a URL, not empty)."""
     if not isinstance(path, str) or not path:
         return None
@@ -142,8 +151,8 @@ class ThumbnailMaker:
 
     def pairs(self, row: dict[str, Any]) -> list[ThumbPair]:
         """Frames of the input (as uploaded; else the original) and the output at 25/50/75 %."""
-        before = _local_file(row.get("input_path")) or _local_file(row.get("source_path"))
-        after = _local_file(row.get("output_path"))
+        before = local_file(row.get("input_path")) or local_file(row.get("source_path"))
+        after = local_file(row.get("output_path"))
         d_in = number(row.get("input_duration_s")) or number(row.get("source_duration_s")) or _duration(before)
         d_out = number(row.get("output_duration_s")) or _duration(after)
         known = [d for d in (d_in, d_out) if d]
@@ -225,7 +234,7 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
     truncated = len(rows) > limit
     if truncated:
         rows = sorted(rows, key=lambda r: -(number(r.get("cost_usd")) or 0))[:limit]
-    label_w, bar_w, row_h, top = 190, 460, 18, 24
+    label_w, bar_w, row_h, top = 280, 440, 18, 24
     height = top + row_h * max(1, len(rows)) + 24
     peak = _nice_max(
         max(
@@ -246,12 +255,13 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
         y = top + i * row_h
         cost, est = number(r.get("cost_usd")), number(r.get("estimated_cost_usd"))
         colour = STATUS_COLORS.get(str(r.get("status")), "#9e9e9e")
-        label = escape(str(r.get("label", r.get("job_id")))[:30])
-        body.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end">{label}</text>')
+        full = escape(str(r.get("label", r.get("job_id"))))
+        label = escape(_fit(str(r.get("label", r.get("job_id"))), 44))
+        body.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end"><title>{full}</title>{label}</text>')
         width = bar_w * (cost or 0) / peak
         body.append(
             f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row_h - 6}" fill="{colour}">'
-            f"<title>{label}: {_usd(cost)} billed, {_usd(est)} estimated</title></rect>"
+            f"<title>{full}: {_usd(cost)} billed, {_usd(est)} estimated</title></rect>"
         )
         if est is not None:
             ex = label_w + bar_w * est / peak
@@ -260,6 +270,20 @@ def cost_chart(rows: list[dict[str, Any]], *, limit: int = 40) -> Markup:
             )
         body.append(f'<text x="{label_w + width + 4:.1f}" y="{y + 12}" fill="#333">{_usd(cost)}</text>')
     return _svg(label_w + bar_w + 70, height, "Cost per job", body)
+
+
+def _fit(text: str, chars: int) -> str:
+    """`text` cut to `chars` with an ellipsis in the middle, so both the job id and the run stay readable."""
+    if len(text) <= chars:
+        return text
+    head = chars * 2 // 3
+    return text[:head] + "…" + text[-(chars - head - 1) :]
+
+
+def job_label(row: dict[str, Any], *, multi_run: bool) -> str:
+    """A cost bar's label: the job id, and in a multi-run report the run's name or short id after it."""
+    job = str(row.get("job_id"))
+    return f"{job} · {run_label(row, id_chars=8)}" if multi_run else job
 
 
 def histogram(values: list[float], title: str, *, bins: int = 12) -> Markup:
@@ -315,6 +339,7 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
     peak = _nice_max(max([r["cost_usd"] for r in runs] + [0.0]))
     plot_w, plot_h = w - left - 10, h - top - bottom
     step = plot_w / max(1, len(runs))
+    fit = max(6, int(step / 6.5))  # characters of an 11 px label that fit under one bar
     for i in range(5):
         y = top + plot_h * (1 - i / 4)
         body.append(
@@ -324,11 +349,12 @@ def run_spend_chart(by_run: list[dict[str, Any]]) -> Markup:
     for i, r in enumerate(runs):
         bh = plot_h * r["cost_usd"] / peak
         x = left + i * step
-        name = escape(str(r["run_id"]))
+        name = run_label(r, id_chars=8)
         body.append(
             f'<rect x="{x + step * 0.15:.1f}" y="{top + plot_h - bh:.1f}" width="{step * 0.7:.1f}" '
-            f'height="{bh:.1f}" fill="#00838f"><title>{name}: {_usd(r["cost_usd"])}</title></rect>'
-            f'<text x="{x + step / 2:.1f}" y="{h - 20}" text-anchor="middle" fill="#333">{name[:12]}</text>'
+            f'height="{bh:.1f}" fill="#00838f"><title>{escape(name)}: {_usd(r["cost_usd"])}</title></rect>'
+            f'<text x="{x + step / 2:.1f}" y="{h - 20}" text-anchor="middle" fill="#333">'
+            f"{escape(_fit(name, fit))}</text>"
         )
     return _svg(w, h, "Spend per run", body)
 
@@ -367,7 +393,7 @@ def safe_href(url: Any) -> str | None:
 
 def file_uri(path: Any) -> str | None:
     """A file:// URI for a local path (absolute, so the link works from the report's folder)."""
-    local = _local_file(path)
+    local = local_file(path)
     return local.absolute().as_uri() if local is not None else None
 
 
@@ -375,7 +401,7 @@ def _environment() -> Environment:
     env = Environment(
         loader=PackageLoader("klingflow.report", "templates"), autoescape=select_autoescape(["html", "j2"])
     )
-    env.filters.update(usd=_usd, secs=_secs, pct=_pct, when=_when)
+    env.filters.update(usd=_usd, secs=_secs, pct=_pct, when=_when, manifest=manifest_label, run_label=run_label)
     return env
 
 
@@ -417,7 +443,7 @@ def render_html(
     maker = ThumbnailMaker(thumb_cache_dir) if thumbnails else None
     multi_run = summary.totals.runs > 1
     jobs = [_job_view(r, maker if i < max_thumb_jobs else None) for i, r in enumerate(records)]
-    chart_rows = [{**r, "label": f"{r['run_id']}·{r['job_id']}" if multi_run else r["job_id"]} for r in records]
+    chart_rows = [{**r, "label": job_label(r, multi_run=multi_run)} for r in records]
     charts = {
         "cost": cost_chart(chart_rows),
         "hists": [

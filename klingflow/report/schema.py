@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: unit_price_usd, price_source
+SCHEMA_VERSION = 3  # 2: unit_price_usd, price_source; 3: run_name, manifest_path, manifest_sha256
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -17,6 +17,9 @@ REPORT_SCHEMA = pa.schema(
         pa.field("schema_version", pa.int16(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("run_started_at", _TS, nullable=False),
+        pa.field("run_name", pa.string()),
+        pa.field("manifest_path", pa.string()),
+        pa.field("manifest_sha256", pa.string()),
         pa.field("job_id", pa.string(), nullable=False),
         pa.field("row", pa.int32(), nullable=False),
         pa.field("job_key", pa.string()),

@@ -7,6 +7,10 @@ artifact, so every view shows the same numbers. Definitions:
 - success rate: succeeded / (succeeded + failed); dry runs and pending jobs are not attempts.
 - spend: sum of cost_usd over jobs that were not reused from an earlier run (no new money was spent on
   those, whatever cost they carry); estimated: sum of estimated_cost_usd over the same jobs.
+- billed - estimated: over the jobs that were sent or meant to be sent (not reused, not budget-skipped, not
+  dry runs): a budget-skipped job has an estimate and no bill by design, which is no estimate error.
+- failures are grouped by status, stage and error kind (the message without its "row N (job)" prefix, with
+  numbers, paths, URLs and quoted names masked), each with one example message.
 - percentiles: linear interpolation over the non-null values (same as DuckDB's quantile_cont).
 - days: UTC calendar days of run_started_at.
 """
@@ -14,6 +18,7 @@ artifact, so every view shows the same numbers. Definitions:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -22,6 +27,8 @@ import pandas as pd
 
 FAILED_STATUSES = ("failed", "cancelled", "skipped_budget")
 DURATION_COLUMNS = ("queued_s", "processing_s", "total_s")
+NOT_ESTIMATE_ERRORS = ("skipped_budget", "dry_run")  # estimated, never meant to be billed
+RUN_COLUMNS = ("run_name", "manifest_path", "manifest_sha256")  # schema v3; None for older reports
 
 
 @dataclass(frozen=True)
@@ -40,11 +47,9 @@ class Totals:
     estimated_seconds: float
     reused: int
     durations: dict[str, dict[str, float | None]] = field(default_factory=dict)
-
-    @property
-    def estimate_delta_usd(self) -> float:
-        """Billed minus estimated (positive: the estimate was low)."""
-        return self.cost_usd - self.estimated_cost_usd
+    estimate_delta_usd: float = 0.0  # billed - estimated over estimate_delta_jobs (positive: the estimate was low)
+    estimate_delta_jobs: int = 0  # jobs compared: not reused, not budget-skipped, not dry runs
+    budget_skipped: int = 0  # left out of estimate_delta_usd (skipped before any spend, by design)
 
 
 @dataclass(frozen=True)
@@ -58,9 +63,7 @@ class Summary:
     top_jobs: list[dict[str, Any]]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["totals"]["estimate_delta_usd"] = self.totals.estimate_delta_usd
-        return json_clean(data)
+        return json_clean(asdict(self))
 
 
 def json_clean(value: Any) -> Any:
@@ -95,6 +98,22 @@ def format_usd(value: Any, digits: int = 2) -> str:
     return f"-${-amount:,.{digits}f}" if amount < 0 else f"${amount:,.{digits}f}"
 
 
+def manifest_label(run: dict[str, Any]) -> str:
+    """ "path (sha256 prefix)" of a run's manifest; "—" for reports older than schema v3."""
+    path, sha = run.get("manifest_path"), run.get("manifest_sha256")
+    if not isinstance(path, str) or not path:
+        return "—"
+    return f"{path} (sha256 {sha[:12]})" if isinstance(sha, str) and sha else path
+
+
+def run_label(run: dict[str, Any], *, id_chars: int | None = None) -> str:
+    """ "name (run id)" when the run has a name, else the run id (cut to `id_chars` when given)."""
+    run_id = str(run.get("run_id"))
+    short = run_id[:id_chars] if id_chars else run_id
+    name = run.get("run_name")
+    return f"{name} ({short})" if isinstance(name, str) and name else short
+
+
 def percentile(values: pd.Series, q: float) -> float | None:
     """The q-quantile (0..1) of the non-null values, linear interpolation; None when there are none."""
     clean = pd.to_numeric(values, errors="coerce").dropna()
@@ -124,8 +143,10 @@ def totals(df: pd.DataFrame) -> Totals:
     reused = df["reused"].fillna(False).astype(bool)
     new_spend = df.loc[~reused]
 
-    def money(column: str) -> float:
-        return float(pd.to_numeric(new_spend[column], errors="coerce").fillna(0).sum())
+    def money(column: str, rows: pd.DataFrame = new_spend) -> float:
+        return float(pd.to_numeric(rows[column], errors="coerce").fillna(0).sum())
+
+    compared = new_spend[~new_spend["status"].astype(str).isin(NOT_ESTIMATE_ERRORS)]
 
     return Totals(
         runs=int(df["run_id"].nunique()),
@@ -140,6 +161,9 @@ def totals(df: pd.DataFrame) -> Totals:
         estimated_seconds=money("estimated_seconds"),
         reused=int(reused.sum()),
         durations=duration_stats(df),
+        estimate_delta_usd=money("cost_usd", compared) - money("estimated_cost_usd", compared),
+        estimate_delta_jobs=len(compared),
+        budget_skipped=int((status == "skipped_budget").sum()),
     )
 
 
@@ -167,10 +191,12 @@ def _group_rows(df: pd.DataFrame, key: str, key_values: pd.Series) -> list[dict[
 def by_run(df: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per run, in start order, with its start time, backend and totals."""
     rows = _group_rows(df, "run_id", df["run_id"])
-    firsts = df.groupby("run_id").agg(run_started_at=("run_started_at", "min"), backend=("backend", "first"))
+    named = {c: (c, "first") for c in RUN_COLUMNS if c in df}
+    firsts = df.groupby("run_id").agg(run_started_at=("run_started_at", "min"), backend=("backend", "first"), **named)
     for row in rows:
-        row["run_started_at"] = firsts.loc[row["run_id"], "run_started_at"]
-        row["backend"] = firsts.loc[row["run_id"], "backend"]
+        for column in ("run_started_at", "backend", *RUN_COLUMNS):
+            value = firsts.loc[row["run_id"], column] if column in firsts else None
+            row[column] = None if value is None or (isinstance(value, float) and math.isnan(value)) else value
         row.pop("runs")
     return sorted(rows, key=lambda r: (r["run_started_at"], r["run_id"]))
 
@@ -181,31 +207,55 @@ def by_day(df: pd.DataFrame) -> list[dict[str, Any]]:
     return _group_rows(df, "day", days.rename("day"))
 
 
+_WHERE = re.compile(r"^row \S+ \([^)]*\)(, file .*?)?: ")
+_MASKS = (
+    (re.compile(r"[a-z][a-z0-9+.-]*://\S+", re.I), "<url>"),
+    (re.compile(r"(?<![\w.])(?:~|\.{1,2})?/[^\s,;:'\"]+"), "<path>"),
+    (re.compile(r"(['\"`])[^'\"`]*\1"), "'…'"),
+    (re.compile(r"\b[0-9a-f]{8}-[0-9a-f-]{27}\b", re.I), "<id>"),
+    (re.compile(r"(?<!HTTP )\b\d+(?:[.,]\d+)*"), "N"),  # HTTP status codes stay: 422 and 500 differ
+)
+
+
+def error_kind(error: Any) -> str:
+    """What kind of failure a message describes, so 18 timeouts are one group and not 18.
+
+    Every per-job message starts with "row N (job id)[, file P]: " (klingflow.errors.where); that prefix goes,
+    and numbers, paths, URLs, ids and quoted names are masked: what is left is the reason's wording.
+    """
+    if not isinstance(error, str) or not error.strip():
+        return "(no message)"
+    reason = _WHERE.sub("", error.strip().splitlines()[0])
+    for pattern, mask in _MASKS:
+        reason = pattern.sub(mask, reason)
+    return reason[:160]
+
+
 def failures(df: pd.DataFrame, *, examples: int = 3) -> list[dict[str, Any]]:
-    """Failed jobs grouped by (status, stage, error), most frequent first, with a few example job ids."""
+    """Failed jobs grouped by (status, stage, error kind), most frequent first, with one example message and
+    a few example job ids."""
     failed = df[df["status"].astype(str).isin(FAILED_STATUSES)]
     if failed.empty:
         return []
-    keys = pd.DataFrame(
-        {
-            "status": failed["status"].astype(str),
-            "error_stage": failed["error_stage"].fillna("").astype(str),
-            "error": failed["error"].fillna("(no message)").astype(str).str.slice(0, 300),
-        }
-    )
+    keys = [
+        failed["status"].astype(str),
+        failed["error_stage"].fillna("").astype(str),
+        failed["error"].map(error_kind).rename("kind"),
+    ]
     groups = []
-    for (status, stage, error), part in failed.groupby([keys["status"], keys["error_stage"], keys["error"]]):
+    for (status, stage, kind), part in failed.groupby(keys, sort=True):
         groups.append(
             {
                 "status": status,
                 "error_stage": stage or None,
-                "error": error,
+                "kind": kind,
+                "error": str(part["error"].fillna("(no message)").iloc[0])[:300],  # an example message
                 "count": len(part),
                 "runs": int(part["run_id"].nunique()),
                 "examples": [f"{r}/{j}" for r, j in zip(part["run_id"], part["job_id"], strict=True)][:examples],
             }
         )
-    return sorted(groups, key=lambda g: (-g["count"], g["error"]))
+    return sorted(groups, key=lambda g: (-g["count"], g["kind"]))
 
 
 def top_jobs(df: pd.DataFrame, n: int = 10) -> list[dict[str, Any]]:

@@ -9,11 +9,13 @@ a fractional value in an int column or a missing column is rejected).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,14 +67,50 @@ def _source_columns(source: dict | None) -> dict[str, Any]:
     return cols
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What names a run in its report: the run name a person gave (or Prefect's) and the manifest it ran."""
+
+    run_name: str | None = None
+    manifest_path: str | None = None
+    manifest_sha256: str | None = None
+
+    @classmethod
+    def of(cls, manifest: str | None, run_name: str | None) -> RunInfo:
+        """The absolute manifest path and its sha256 (None when it is not a readable local file)."""
+        if not manifest:
+            return cls(run_name=run_name)
+        path = Path(manifest.removeprefix("file://")).expanduser().absolute()
+        return cls(run_name=run_name, manifest_path=str(path), manifest_sha256=_sha256(path))
+
+
+def _sha256(path: Path) -> str | None:
+    """The file's sha256, so a report names exactly which manifest version ran (None when unreadable)."""
+    try:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
 def record_to_row(
-    record: JobRecord, *, run_id: str, run_started_at: datetime, backend: str, endpoint: str
+    record: JobRecord,
+    *,
+    run_id: str,
+    run_started_at: datetime,
+    backend: str,
+    endpoint: str,
+    run: RunInfo | None = None,
 ) -> dict[str, Any]:
     """One JobRecord as a dict keyed by every REPORT_SCHEMA column (the mapping is checked, see below)."""
+    run = run or RunInfo()
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         "run_started_at": _utc(run_started_at),
+        "run_name": run.run_name,
+        "manifest_path": run.manifest_path,
+        "manifest_sha256": run.manifest_sha256,
         "job_id": record.job_id,
         "row": record.row,
         "job_key": record.job_key,
@@ -135,11 +173,17 @@ def _check_mapping(row: dict[str, Any]) -> None:
 
 
 def records_to_table(
-    records: list[JobRecord], *, run_id: str, run_started_at: datetime, backend: str, endpoint: str
+    records: list[JobRecord],
+    *,
+    run_id: str,
+    run_started_at: datetime,
+    backend: str,
+    endpoint: str,
+    run: RunInfo | None = None,
 ) -> pa.Table:
     """The run's records as a table with exactly REPORT_SCHEMA (column order, types, metadata)."""
     rows = [
-        record_to_row(r, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint)
+        record_to_row(r, run_id=run_id, run_started_at=run_started_at, backend=backend, endpoint=endpoint, run=run)
         for r in records
     ]
     _check_mapping(rows[0] if rows else dict.fromkeys(REPORT_SCHEMA.names))

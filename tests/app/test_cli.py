@@ -46,6 +46,7 @@ def test_every_option_sets_its_field() -> None:
         "--input-root=in/b",
         "--input-host=cdn.example.com",
         "--allow-private-addresses",
+        "--name=batch-7",
     )
     assert params.model_dump(mode="json", include=set(RUN_OPTIONS.values())) == {
         "backend": "simulator",
@@ -71,6 +72,7 @@ def test_every_option_sets_its_field() -> None:
         "input_roots": ["in/a", "in/b"],
         "input_hosts": ["cdn.example.com"],
         "allow_private_addresses": True,
+        "run_name": "batch-7",
     }
 
 

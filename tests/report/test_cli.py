@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from klingflow.report.cli import add_arguments, run
 from klingflow.report.summary import parse_bound
-from tests.report.test_support import three_run_history
+from klingflow.report.writer import RunInfo
+from tests.report.test_support import T0, succeeded, three_run_history, write_run
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -47,6 +50,7 @@ def test_json_totals_across_all_runs(history: Path, capsys: pytest.CaptureFixtur
     assert data["failures"][0] == {
         "status": "failed",
         "error_stage": "submit",
+        "kind": "HTTP 422: video too short",
         "error": "HTTP 422: video too short",
         "count": 3,
         "runs": 2,
@@ -155,3 +159,25 @@ def test_the_report_file_a_run_prints_is_accepted(history: Path, capsys) -> None
     code, out, _ = _run([str(history / "run-run-b.parquet"), "--format", "json"], capsys)
     assert code == 0
     assert [r["run_id"] for r in json.loads(out)["by_run"]] == ["run-b"]
+
+
+def test_text_and_json_name_each_run_and_its_manifest(tmp_path: Path, capsys) -> None:
+    """`klingflow report` shows each run's name and manifest (path and sha256) in text and JSON; a run from a
+    schema v2 file shows "—"."""
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id,prompt,video\n")
+    sha = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    write_run(tmp_path / "r", "run-n", [succeeded("a", 1)], run=RunInfo.of(str(manifest), "nightly-42"))
+    write_run(tmp_path / "r", "run-old", [succeeded("b", 1)], started=T0 + timedelta(hours=1))
+    _, out, _ = _run([str(tmp_path / "r")], capsys)
+    runs_table = out.split("Runs: name and manifest", 1)[1]
+    row = next(line for line in runs_table.splitlines() if "run-n" in line)
+    assert "nightly-42" in row and f"(sha256 {sha[:12]})" in row and str(manifest)[:20] in row
+    _, out, _ = _run([str(tmp_path / "r"), "--format", "json"], capsys)
+    runs = {r["run_id"]: r for r in json.loads(out)["by_run"]}
+    assert (runs["run-n"]["run_name"], runs["run-n"]["manifest_path"], runs["run-n"]["manifest_sha256"]) == (
+        "nightly-42",
+        str(manifest),
+        sha,
+    )
+    assert runs["run-old"]["run_name"] is None and runs["run-old"]["manifest_path"] is None

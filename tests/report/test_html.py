@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import importlib.util
 import io
 import os
@@ -13,7 +14,8 @@ import pytest
 from PIL import Image
 
 from klingflow.report.html import ThumbnailMaker, decode_frames, render_html, safe_href, write_html
-from klingflow.report.writer import read_history
+from klingflow.report.summary import summarize
+from klingflow.report.writer import RunInfo, read_history
 from tests.report.test_support import clip_pair, failed, succeeded, three_run_history, write_run
 
 DATA_URI = re.compile(r'<img src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
@@ -135,3 +137,66 @@ def test_screenshot_in_headless_chromium(tmp_path: Path) -> None:
     colours = image.getcolors(maxcolors=1 << 20)
     assert colours is None or len(colours) > 500
     assert image.getbbox() is not None
+
+
+def _named_runs(tmp_path: Path) -> Path:
+    """Two named runs of one manifest, one with 18 timeouts (18 messages differing in row, id and seconds)."""
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id,prompt,video\n")
+    timeouts = [
+        failed(
+            f"t{i}", i, stage="collect", error=f"row {i} (t{i}): collect failed: request timed out after {3600 + i} s"
+        )
+        for i in range(1, 19)
+    ]
+    write_run(
+        tmp_path / "reports", "0a1b2c3d-aaaa", [succeeded("first-job", 1)], run=RunInfo.of(str(manifest), "monday")
+    )
+    write_run(tmp_path / "reports", "9f8e7d6c-bbbb", timeouts, run=RunInfo.of(str(manifest), "tuesday"))
+    return tmp_path / "reports"
+
+
+def test_multi_run_cost_bars_are_labelled_by_job_then_run(tmp_path: Path) -> None:
+    """Each cost bar reads "job id · run name (short run id)", the job id first and never cut off."""
+    html = render_html(read_history(_named_runs(tmp_path)), title="all", thumbnails=False)
+    assert "<title>first-job · monday (0a1b2c3d)</title>first-job · monday (0a1b2c3d)</text>" in html
+    assert ">t18 · tuesday (9f8e7d6c)</text>" in html
+    assert "<td>monday</td>" in html and "<td>tuesday</td>" in html  # the runs table names each run
+
+
+def test_failures_group_by_error_kind_and_stage(tmp_path: Path) -> None:
+    """18 timeouts that differ only in row, job id and seconds are one group of 18, with an example message."""
+    html = render_html(read_history(_named_runs(tmp_path)), title="all", thumbnails=False)
+    section = html.split("<h2>Failures by error</h2>", 1)[1].split("</table>", 1)[0]
+    assert section.count('<tr><td class="num">') == 1
+    assert (
+        '<td class="num">18</td><td>failed</td><td>collect</td><td>collect failed: request timed out after N s</td>'
+        in section
+    )
+    assert "row 1 (t1): collect failed: request timed out after 3601 s" in section
+
+
+def test_billed_minus_estimated_leaves_budget_skipped_jobs_out(tmp_path: Path) -> None:
+    """A budget-skipped job (estimated, never billed by design) is not an estimate error; the page says so."""
+    skipped = failed("over", 2, error="row 2 (over): skipped: over budget").model_copy(
+        update={"status": "skipped_budget"}
+    )
+    write_run(tmp_path, "r1", [succeeded("ok", 1, seconds=5), skipped])
+    df = read_history(tmp_path)
+    totals = summarize(df).totals
+    assert totals.estimate_delta_usd == pytest.approx(0.0) and totals.estimate_delta_jobs == 1
+    assert totals.budget_skipped == 1 and totals.estimated_cost_usd > totals.cost_usd
+    html = render_html(df, title="r1", thumbnails=False)
+    card = html.split('id="estimate-delta"', 1)[1].split("</div></div>", 1)[0]
+    assert '<div class="value">$0.00</div>' in card and "over 1 job(s) sent to fal; 1 budget-skipped left out" in card
+    assert "Billed minus estimated cost over the jobs sent to fal" in html
+
+
+def test_single_run_page_names_the_run_and_manifest(tmp_path: Path) -> None:
+    """The page of one run shows its name, id, and the manifest's absolute path with its sha256."""
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id,prompt,video\n")
+    write_run(tmp_path / "reports", "r1", [succeeded("a", 1)], run=RunInfo.of(str(manifest), "friday batch"))
+    html = render_html(read_history(tmp_path / "reports"), title="r1", thumbnails=False)
+    assert "<dt>run name</dt><dd>friday batch</dd>" in html
+    assert f"<code>{manifest}</code>" in html and hashlib.sha256(manifest.read_bytes()).hexdigest() in html

@@ -8,7 +8,7 @@ from pathlib import Path
 from klingflow.endpoint import ENDPOINT_ID, cost_usd
 from klingflow.media.synth import make_clip
 from klingflow.models import ElementSpec, JobRecord
-from klingflow.report.writer import records_to_table, write_run_report
+from klingflow.report.writer import RunInfo, records_to_table, write_run_report
 
 T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -114,10 +114,18 @@ def failed(
 
 
 def write_run(
-    report_dir: Path, run_id: str, records: list[JobRecord], *, started: datetime = T0, backend: str = "simulator"
+    report_dir: Path,
+    run_id: str,
+    records: list[JobRecord],
+    *,
+    started: datetime = T0,
+    backend: str = "simulator",
+    run: RunInfo | None = None,
 ) -> Path:
     """records → table → parquet file, as the report task does."""
-    table = records_to_table(records, run_id=run_id, run_started_at=started, backend=backend, endpoint=ENDPOINT_ID)
+    table = records_to_table(
+        records, run_id=run_id, run_started_at=started, backend=backend, endpoint=ENDPOINT_ID, run=run
+    )
     return write_run_report(table, report_dir, run_id=run_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from klingflow.report.schema import REPORT_SCHEMA, SCHEMA_VERSION
 from klingflow.report.writer import (
     ReportSchemaError,
+    RunInfo,
     conform_table,
     read_history,
     record_to_row,
@@ -225,3 +227,36 @@ def test_the_jobs_table_puts_status_and_error_first(tmp_path: Path) -> None:
     three_run_history(tmp_path)
     (first, *_) = job_table(read_history(tmp_path))
     assert list(first)[:5] == ["row", "job_id", "status", "error_stage", "error"]
+
+
+def test_schema_v3_names_the_run_and_its_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's rows carry its name and the manifest's absolute path and sha256 (which batch, which version)."""
+    manifest = tmp_path / "batch.csv"
+    manifest.write_text("id,prompt,video\na,p,a.mp4\n")
+    monkeypatch.chdir(tmp_path)  # a relative manifest path is recorded absolute
+    run = RunInfo.of("batch.csv", "march batch")
+    write_run(tmp_path / "reports", "r1", [succeeded("a", 1), failed("b", 2)], run=run)
+    df = read_history(tmp_path / "reports")
+    assert SCHEMA_VERSION == 3 and set(df["schema_version"]) == {3}
+    assert set(df["run_name"]) == {"march batch"}
+    assert set(df["manifest_path"]) == {str(manifest)}
+    assert set(df["manifest_sha256"]) == {hashlib.sha256(manifest.read_bytes()).hexdigest()}
+
+
+def test_a_v2_file_still_reads_beside_v3_files(tmp_path: Path) -> None:
+    """A file written with schema v2 (no run_name/manifest columns) reads with those columns as nulls."""
+    v3 = records_to_table([succeeded("a", 1)], run_id="old", run_started_at=T0, backend="b", endpoint="e")
+    new_columns = ["run_name", "manifest_path", "manifest_sha256"]
+    v2_schema = pa.schema(
+        [f for f in REPORT_SCHEMA if f.name not in new_columns], metadata={"klingflow.schema_version": "2"}
+    )
+    v2 = pa.Table.from_arrays(
+        [pa.array([2], pa.int16()) if f.name == "schema_version" else v3.column(f.name) for f in v2_schema],
+        schema=v2_schema,
+    )
+    pq.write_table(v2, tmp_path / "run-old.parquet")
+    write_run(tmp_path, "new", [succeeded("b", 1)], started=T0 + timedelta(hours=1), run=RunInfo(run_name="n2"))
+    df = read_history(tmp_path)
+    assert list(df["schema_version"]) == [2, 3]
+    assert df["run_name"].isna().tolist() == [True, False] and df["run_name"].iloc[1] == "n2"
+    assert df["manifest_path"].isna().tolist() == [True, True]
