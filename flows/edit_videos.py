@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
@@ -101,19 +102,11 @@ async def edit_videos(params: EditParams) -> State:
                     jobs = await edit_all(intake, fal, recent, ledger, run_id, params, price, sheet)
                 except BaseException:  # cancelled (UI, API, worker), interrupted: report what finished, then stop
                     stopped = [as_stopped(j, ledger.get(j.job_key) if j.job_key else None, run_id) for j in sheet]
-                    await asyncio.shield(report_stopped(stopped, ledger, run_id, started, fal.label, params))
+                    await asyncio.shield(report_stopped(stopped, ledger, _about(params, run_id, started, fal.label)))
                     raise
                 backend = fal.label
-        paths = await report(
-            quote(jobs),  # quote: Prefect would otherwise walk every record looking for futures
-            run_id=run_id,
-            run_started_at=started,
-            backend=backend,
-            endpoint=params.endpoint,
-            report_dir=params.report_dir,
-            manifest=params.manifest,
-            run_name=params.run_name,
-        )
+        # quote: Prefect would otherwise walk every record looking for futures
+        paths = await report(quote(jobs), **_about(params, run_id, started, backend))
         _mark_reported(ledger, jobs, run_id)
     summary = summarize(run_id, jobs, estimated, paths)
     message = f"{summary.succeeded}/{summary.jobs} job(s) succeeded, ${summary.cost_usd:.2f} billed"
@@ -139,29 +132,30 @@ def _mark_reported(ledger: RequestLedger, jobs: list[JobRecord], run_id: str) ->
     ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd and not j.reused], run_id)
 
 
-async def report_stopped(
-    jobs: list[JobRecord], ledger: RequestLedger, run_id: str, started: datetime, backend: str, params: EditParams
-) -> None:
+def _about(params: EditParams, run_id: str, started: datetime, backend: str) -> dict[str, Any]:
+    """What the report says about the run, besides its rows."""
+    return {
+        "run_id": run_id,
+        "run_started_at": started,
+        "backend": backend,
+        "endpoint": params.endpoint,
+        "report_dir": params.report_dir,
+        "manifest": params.manifest,
+        "run_name": params.run_name,
+    }
+
+
+async def report_stopped(jobs: list[JobRecord], ledger: RequestLedger, about: dict[str, Any]) -> None:
     """The report of a run stopped midway: the rows that finished, the rest `cancelled` saying where their money
     stands. Written in the report task's own code, not as a new task run, and bounded in time: the worker kills
     a cancelled run's process after its grace period, and stopping must not wait on a slow page."""
     logger = get_run_logger()
     try:
-        paths = await asyncio.wait_for(
-            report.fn(
-                jobs,
-                run_id=run_id,
-                run_started_at=started,
-                backend=backend,
-                endpoint=params.endpoint,
-                report_dir=params.report_dir,
-            ),
-            STOPPED_REPORT_S,
-        )
+        paths = await asyncio.wait_for(report.fn(jobs, **about), STOPPED_REPORT_S)
     except Exception:  # the ledger keeps every bill: the next run reports what this one could not
         logger.warning("the stopped run's report could not be written; the next run reports its bills", exc_info=True)
         return
-    _mark_reported(ledger, jobs, run_id)
+    _mark_reported(ledger, jobs, about["run_id"])
     finished = sum(j.status is JobStatus.succeeded for j in jobs)
     logger.warning("run stopped: %d/%d job(s) had finished; report %s", finished, len(jobs), paths.parquet_path)
 

@@ -6,7 +6,9 @@ runs it in a separate process after the run's process exited, so it reads the ru
 the request ledger and asks fal to cancel each one still `submitted`. The entry becomes
 `cancel_requested`, not `cancelled`: fal may still complete a running request (and bill it), so the
 next run resumes it and records what fal finally says. What was already billed is logged to the run's
-logs (the UI), since nothing else reports on a cancelled run.
+logs (the UI). The flow writes the report of what finished when Prefect tells it it is cancelled; when
+Prefect could not (the runner's cancel intent went unacknowledged and the process was killed), this hook
+writes it from the manifest and the ledger, so a cancelled run always has its report.
 """
 
 from __future__ import annotations
@@ -14,20 +16,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect.logging.loggers import flow_run_logger
 
-from klingflow.errors import FalError
+from klingflow.errors import FalError, KlingflowError
 from klingflow.fal.backend import choose_backend, resolve_fal_key
 from klingflow.fal.outcomes import Done, Failure, Output, Result
 from klingflow.fal.queue import FalQueue
 from klingflow.ledger.decide import JobState, billed
 from klingflow.ledger.store import LedgerEntry, RequestLedger
-from klingflow.models import EditParams
+from klingflow.manifest import load_manifest
+from klingflow.models import Backend, EditParams
 from klingflow.pipeline.backend import open_backend
 from klingflow.pipeline.job import bill_fields
+from klingflow.pipeline.rows import as_stopped
+from klingflow.report.artifacts import write_files
+from klingflow.report.writer import RunInfo, records_to_table, run_file_name
 
 log = logging.getLogger(__name__)
 CONFIRM_WAIT_S = 15.0
@@ -54,7 +61,36 @@ async def cancel_outstanding_requests(flow: Any, flow_run: Any, state: Any) -> N
             async with open_backend(params, kind, key, logger) as fal:
                 for entry in at_fal:
                     await _cancel(entry, fal, ledger, logger)
-        _log_billed([e for e in ledger.entries() if e.run_id == run_id], logger)
+        mine = [e for e in ledger.entries() if e.run_id == run_id]
+        _log_billed(mine, logger)
+        _report_if_missing(params, flow_run, kind, mine, ledger, logger)
+
+
+def _report_if_missing(
+    params: EditParams, flow_run: Any, kind: Backend, mine: list[LedgerEntry], ledger: RequestLedger, logger: Logger
+) -> None:
+    """The stopped run's report from its manifest rows and ledger entries, unless the flow wrote it."""
+    run_id = str(flow_run.id)
+    if (Path(params.report_dir) / run_file_name(run_id)).exists():
+        return
+    try:
+        rows = load_manifest(params.manifest, logger=None)  # rows only: nothing is opened or fetched
+    except KlingflowError:
+        rows = []
+    by_job = {e.job_id: e for e in mine}
+    jobs = [as_stopped(row, by_job.get(row.job_id), run_id) for row in rows]
+    started = flow_run.start_time or datetime.now(UTC)
+    run = RunInfo.of(params.manifest, params.run_name or flow_run.name)
+    try:
+        table = records_to_table(
+            jobs, run_id=run_id, run_started_at=started, backend=kind.value, endpoint=params.endpoint, run=run
+        )
+        parquet, *_ = write_files(table, Path(params.report_dir), run_id)
+    except Exception:  # the ledger keeps every bill: the next run reports what this could not
+        logger.warning("the cancelled run's report could not be written", exc_info=True)
+        return
+    ledger.mark_reported([j.job_key for j in jobs if j.job_key and j.cost_usd], run_id)
+    logger.info("cancelled run: report %s (from the manifest and the request ledger)", parquet)
 
 
 async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logger: Logger) -> None:

@@ -57,7 +57,7 @@ def as_stopped(job: JobRecord, entry: LedgerEntry | None, run_id: str) -> JobRec
         return job
     if entry is not None and entry.state is JobState.succeeded and entry.run_id == run_id:
         paid = entry.model_dump(include=set(PaidResult.model_fields))
-        return job.with_(**paid, request_id=entry.request_id, status=JobStatus.succeeded)
+        return job.with_(**paid, job_key=entry.job_key, request_id=entry.request_id, status=JobStatus.succeeded)
     request = {"request_id": entry.request_id} if entry is not None and entry.request_id else {}
     state = entry.state if entry is not None else JobState.planned
     return job.with_(**request).fail(Stage.collect, _STOPPED.get(state, _STOPPED_AT_FAL), status=JobStatus.cancelled)
