@@ -97,12 +97,10 @@ class PythonDriver:
 
     def subscribe(self, input: dict[str, Any]) -> dict[str, Any]:
         updates: list[fal_client.Status] = []
-        handle = self.client.submit(ENDPOINT_ID, input)
-        for update in handle.iter_events(with_logs=True, interval=0.05):
-            updates.append(update)
+        data = self.client.subscribe(ENDPOINT_ID, input, with_logs=True, on_queue_update=updates.append)
         return {
-            "request_id": handle.request_id,
-            "data": handle.get(),
+            "request_id": None,  # fal_client's subscribe returns only the output
+            "data": data,
             "statuses": [_status_name(u) for u in updates],
             "logs": [log["message"] for u in updates for log in (getattr(u, "logs", None) or [])],
         }
