@@ -50,7 +50,8 @@ def _urls_for(base_url: str | None) -> dict[str, str]:
     if base_url is None:
         return dict(FAL_DEFAULTS)
     base = base_url.rstrip("/")
-    return {"QUEUE_URL_FORMAT": base + "/", "RUN_URL_FORMAT": base + "/", "REST_URL": base, "CDN_URL": base}
+    run = base + "/run/"  # the simulator's sync-run base (fal.run), distinct from its queue base
+    return {"QUEUE_URL_FORMAT": base + "/", "RUN_URL_FORMAT": run, "REST_URL": base, "CDN_URL": base}
 
 
 def _with_loopback(value: str | None) -> str:

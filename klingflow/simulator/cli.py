@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     money.add_argument(
         "--tagged-billing-delay", type=float, default=0.0, help="further seconds before tagged-billed lists it"
     )
+    hooks = parser.add_argument_group("webhooks and synchronous runs")
+    hooks.add_argument("--webhook-retries", type=int, default=10, help="retries of a failed webhook delivery")
+    hooks.add_argument("--webhook-retry-base", type=float, default=15.0, help="first retry delay, doubled each time")
+    hooks.add_argument("--webhook-retry-max", type=float, default=1800.0, help="cap on one webhook retry delay")
+    hooks.add_argument("--webhook-timeout", type=float, default=15.0, help="seconds to wait for a webhook answer")
+    hooks.add_argument("--sync-run-timeout", type=float, default=3600.0, help="seconds a /run request may take")
     faults = parser.add_argument_group(f"fault injection (ROUTE is one of {', '.join(ROUTE_KINDS)} or all)")
     faults.add_argument("--fault-config", type=Path, help="FaultConfig JSON file (flags below override it)")
     for flag, field in ROUTE_FLAGS.items():
@@ -145,6 +151,11 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         key_discounts=discounts_from_args(args.discount),
         billing_events_delay_s=args.billing_delay,
         tagged_billing_delay_s=args.tagged_billing_delay,
+        webhook_retries=args.webhook_retries,
+        webhook_retry_base_s=args.webhook_retry_base,
+        webhook_retry_max_s=args.webhook_retry_max,
+        webhook_timeout_s=args.webhook_timeout,
+        sync_run_timeout_s=args.sync_run_timeout,
         **admins,
         state_dir=args.state_dir or default_state_dir(),
         host=args.host,

@@ -115,6 +115,13 @@ class SimulatorConfig(BaseModel):
     tagged_billing_delay_s: float = Field(
         default=0.0, ge=0.0, description="further seconds before source=tagged-billed lists it (fal: tagged lags)"
     )
+    webhook_retries: int = Field(default=10, ge=0, description="retries of a failed webhook delivery (fal: 10)")
+    webhook_retry_base_s: float = Field(default=15.0, gt=0.0, description="first retry delay, doubled per retry")
+    webhook_retry_max_s: float = Field(default=1800.0, gt=0.0, description="cap on one webhook retry delay")
+    webhook_timeout_s: float = Field(default=15.0, gt=0.0, description="seconds fal waits for a webhook answer")
+    sync_run_timeout_s: float = Field(
+        default=3600.0, gt=0.0, description="seconds a synchronous run (the /run base) may take before 504"
+    )
 
     @model_validator(mode="after")
     def _discounts_are_percentages(self) -> SimulatorConfig:

@@ -95,4 +95,5 @@ class Counters:
                 "download_bytes": self._totals["download_bytes"],
                 "billed": self._totals["billed"],
                 "keys": {kid: g.as_dict() for kid, g in self._keys.items()},
+                "totals": dict(self._totals),  # every total, also webhook_* and queue_full_rejections
             }

@@ -13,6 +13,13 @@ from pydantic import BaseModel
 from klingflow.simulator.models import Outcome, OutputFile
 from klingflow.simulator.validate import FieldError
 
+ERROR_DOCS = "https://docs.fal.ai/model-apis/errors"
+
+
+def error_docs_url(error_type: str) -> str:
+    """The docs link fal puts in each model-error item's `url`."""
+    return f"{ERROR_DOCS}#{error_type}"
+
 
 class JobResult(BaseModel):
     """What finished a request."""
@@ -33,7 +40,7 @@ def ok(output: OutputFile) -> JobResult:
 
 def invalid(errors: list[FieldError], input_duration_s: float | None = None) -> JobResult:
     """The provider rejected the input (422; `input_duration_s` once the video was probed)."""
-    detail = [e.model_dump() for e in errors]
+    detail = [{**e.model_dump(), "url": error_docs_url(e.type)} for e in errors]
     return JobResult(
         outcome=Outcome.INVALID,
         error="; ".join(e.msg for e in errors),

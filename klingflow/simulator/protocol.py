@@ -57,6 +57,16 @@ def output_body(rec: RequestRecord, base: str) -> dict[str, Any] | None:
     return EditOutput(video=video).model_dump()
 
 
+def retryable_header(rec: RequestRecord) -> str | None:
+    """X-Fal-Retryable of a model error: a rejected input (422) is not worth resending as is; a runner
+    failure (5xx) may succeed on a retry. Cancellations and start timeouts carry none."""
+    if rec.outcome is Outcome.INVALID:
+        return "false"
+    if rec.outcome is Outcome.FAILED:
+        return "true"
+    return None
+
+
 def result_response(rec: RequestRecord, base: str) -> Response:
     """The result: output JSON + x-fal-billable-units, or the request's error response (which carries
     x-fal-billable-units only when it was billed: a billed 422; unbilled errors have no such header)."""
@@ -70,6 +80,8 @@ def result_response(rec: RequestRecord, base: str) -> Response:
         headers["x-fal-billable-units"] = str(rec.billed_seconds)
     if rec.error_type:
         headers["x-fal-error-type"] = rec.error_type
+    if (retryable := retryable_header(rec)) is not None:
+        headers["x-fal-retryable"] = retryable
     if rec.outcome is Outcome.TIMEOUT:
         headers["x-fal-request-timeout-type"] = "user"
     return JSONResponse(rec.error_body, rec.error_status or 500, headers=headers)

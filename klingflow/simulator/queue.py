@@ -16,6 +16,7 @@ import asyncio
 import threading
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import timedelta
 from typing import Any, Literal
@@ -63,6 +64,7 @@ class QueueManager:
         self._cancels: dict[str, threading.Event] = {}
         self._http: httpx.AsyncClient | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self.listeners: list[Callable[[RequestRecord], None]] = []  # told of every completed request
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -139,11 +141,24 @@ class QueueManager:
         return rec
 
     def queue_position(self, rec: RequestRecord) -> int:
-        """0-based position among the key's waiting requests."""
-        try:
-            return self._waiting[rec.key_id].index(rec.request_id)
-        except ValueError:
+        """0-based position among every waiting request of the endpoint, whoever sent it (fal: one
+        queue per endpoint): the number of requests still waiting that were submitted before it."""
+        if rec.status != "IN_QUEUE":
             return 0
+        return sum(
+            1
+            for waiting in self._waiting.values()
+            for other in waiting
+            if (self.records[other].submitted_at, other) < (rec.submitted_at, rec.request_id)
+        )
+
+    def waiting_count(self) -> int:
+        """Requests of the endpoint waiting to start (all keys)."""
+        return sum(len(waiting) for waiting in self._waiting.values())
+
+    def has_free_slot(self, key_id: str) -> bool:
+        """True when a request of this key would start at once."""
+        return not self._waiting[key_id] and self._running[key_id] < self.config.concurrency_per_key
 
     def cancel(self, rec: RequestRecord) -> CancelReply:
         """Cancel a queued request (never processed) or a running one (stopped, not billed, unless the
@@ -216,6 +231,8 @@ class QueueManager:
         if was_running:
             self._running[rec.key_id] -= 1
             self._dispatch(rec.key_id)
+        for listener in self.listeners:
+            listener(rec)
 
     def _billable(self, result: JobResult) -> int | None:
         """Seconds to bill for how a request ended, or None: outputs always, 422s at invalid_billed_rate."""

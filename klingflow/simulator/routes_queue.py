@@ -11,8 +11,9 @@ from starlette.routing import Route
 
 from klingflow.endpoint import ENDPOINT_ID
 from klingflow.simulator.guard import guarded
+from klingflow.simulator.models import RequestRecord
 from klingflow.simulator.protocol import APP_PREFIX, result_response, status_body, submit_body
-from klingflow.simulator.responses import not_found
+from klingflow.simulator.responses import not_found, too_many_requests
 from klingflow.simulator.state import SimState
 from klingflow.simulator.tags import parse_tags
 
@@ -48,6 +49,35 @@ def _store_io(request: Request) -> bool:
     return request.headers.get("x-fal-store-io", "").strip().lower() not in FALSY
 
 
+def _max_queue_length(request: Request) -> int | None:
+    """`?fal_max_queue_length=N` (a non-negative integer), else None."""
+    raw = request.query_params.get("fal_max_queue_length", "")
+    return int(raw) if raw.isdigit() else None
+
+
+async def enqueue(state: SimState, request: Request) -> RequestRecord | Response:
+    """Accept a request to the endpoint into the queue (submit and sync run alike), or the error
+    response: unknown app 404, invalid JSON 422, a full queue under `?fal_max_queue_length` 429."""
+    if request.path_params["app"] != ENDPOINT_ID:
+        return JSONResponse({"detail": f"Application '{request.path_params['app']}' not found"}, 404)
+    try:
+        payload = json.loads(await request.body() or b"null")
+    except ValueError:
+        return JSONResponse({"detail": [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]}, 422)
+    queue, key = state.queue, request.state.key_id
+    limit = _max_queue_length(request)
+    if limit is not None and not queue.has_free_slot(key) and queue.waiting_count() >= limit:
+        state.counters.add("queue_full_rejections")
+        return too_many_requests(state.faults.config.retry_after_s)
+    return queue.submit(
+        key,
+        payload,
+        _start_timeout(request),
+        store_io=_store_io(request),
+        tags=parse_tags(request.headers.get("x-fal-tags")),
+    )
+
+
 def queue_routes(state: SimState) -> list[Route]:
     """Routes for the queue; submit's catch-all path must come last in the app."""
     queue = state.queue
@@ -77,21 +107,11 @@ def queue_routes(state: SimState) -> list[Route]:
         return JSONResponse({"status": reply}, 202 if reply == "CANCELLATION_REQUESTED" else 400)
 
     async def submit(request: Request) -> Response:
-        if request.path_params["app"] != ENDPOINT_ID:
-            return JSONResponse({"detail": f"Application '{request.path_params['app']}' not found"}, 404)
-        try:
-            payload = json.loads(await request.body() or b"null")
-        except ValueError:
-            return JSONResponse(
-                {"detail": [{"loc": ["body"], "msg": "Invalid JSON body", "type": "json_invalid"}]}, 422
-            )
-        rec = queue.submit(
-            request.state.key_id,
-            payload,
-            _start_timeout(request),
-            store_io=_store_io(request),
-            tags=parse_tags(request.headers.get("x-fal-tags")),
-        )
+        rec = await enqueue(state, request)
+        if isinstance(rec, Response):
+            return rec
+        if webhook := request.query_params.get("fal_webhook"):
+            state.webhooks.register(rec.request_id, webhook, base_url(request))
         body = submit_body(rec, base_url(request), queue.queue_position(rec))
         return JSONResponse(body, 200, headers={"x-fal-request-id": rec.request_id})
 
@@ -100,6 +120,7 @@ def queue_routes(state: SimState) -> list[Route]:
         Route(f"{prefix}/status", guarded(state, "status", "key", status), methods=["GET"]),
         Route(f"{prefix}/cancel", guarded(state, "cancel", "key", cancel), methods=["PUT"]),
         Route(prefix, guarded(state, "result", "key", result), methods=["GET"]),
+        Route(f"{prefix}/response", guarded(state, "result", "key", result), methods=["GET"]),
         Route("/{app:path}", guarded(state, "submit", "key", submit), methods=["POST"]),
     ]
 

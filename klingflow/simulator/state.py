@@ -14,6 +14,7 @@ from klingflow.simulator.ledger import Ledger
 from klingflow.simulator.queue import QueueManager
 from klingflow.simulator.storage import Storage
 from klingflow.simulator.table import RequestTable
+from klingflow.simulator.webhook import Webhooks
 
 
 @dataclass
@@ -28,6 +29,7 @@ class SimState:
     signer: Signer
     queue: QueueManager
     executor: ThreadPoolExecutor
+    webhooks: Webhooks
 
     @classmethod
     def create(cls, config: SimulatorConfig) -> SimState:
@@ -50,4 +52,6 @@ class SimState:
             executor=executor,
         )
         signer = Signer(load_secret(config.state_dir))
-        return cls(config, storage, ledger, counters, faults, signer, queue, executor)
+        webhooks = Webhooks(config, counters)
+        queue.listeners.append(webhooks.completed)
+        return cls(config, storage, ledger, counters, faults, signer, queue, executor, webhooks)
