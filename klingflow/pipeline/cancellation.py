@@ -79,6 +79,10 @@ def _report_if_missing(
         rows = []
     by_job = {e.job_id: e for e in mine}
     jobs = [as_stopped(row, by_job.get(row.job_id), run_id) for row in rows]
+    billed = [by_job[j.job_id] for j in jobs if j.cost_usd and j.job_id in by_job]
+    for entry in billed:  # the dead run's bills: this report carries them (mark_reported clears only its own)
+        if entry.report_pending and ledger.carries_bill(entry):
+            ledger.write(entry, bill_owner=ledger.owner(run_id, ledger.lease_s))
     started = flow_run.start_time or datetime.now(UTC)
     run = RunInfo.of(params.manifest, params.run_name or flow_run.name)
     try:
