@@ -34,7 +34,6 @@ from klingflow.fal.slots import RequestSlots, ensure_global_limit
 from klingflow.fal.uploads import UploadCache
 from klingflow.inputs import InputPolicy
 from klingflow.ledger.budget import Budget
-from klingflow.ledger.decide import JobState
 from klingflow.ledger.identity import with_job_key
 from klingflow.ledger.store import RequestLedger
 from klingflow.manifest import load_manifest
@@ -186,7 +185,7 @@ async def announce_estimate(
 ) -> float:
     """Say what the run will cost before anything is paid (klingflow.pipeline.estimate); rows still being
     prepared (None) count at the endpoint's longest output, so the figure is then an upper bound."""
-    figures = estimate(rows, price, lambda key: not params.force and _paid(ledger, key))
+    figures = estimate(rows, price, lambda key: not params.force and ledger.has_result(key))
     text = figures.text(params.max_budget_usd, params.estimate_wait_s)
     get_run_logger().info(text)
     await acreate_markdown_artifact(
@@ -195,11 +194,6 @@ async def announce_estimate(
         description="Estimated cost before anything was uploaded",
     )
     return figures.total_usd
-
-
-def _paid(ledger: RequestLedger, job_key: str | None) -> bool:
-    entry = ledger.get(job_key) if job_key else None
-    return entry is not None and entry.state is JobState.succeeded
 
 
 async def edit_all(
@@ -287,7 +281,7 @@ async def _edit_one(job: JobRecord, ctx: RunContext, *, task_run: bool) -> JobRe
     """A job as a Prefect task run, or as a plain call: in big runs (`job_task_runs_max`) and for a job
     already paid for (reused, no fal work: a task run per row made a no-op re-run of 1,000 rows take
     three times Prefect's start-up)."""
-    if not task_run or (not ctx.params.force and _paid(ctx.ledger, job.job_key)):
+    if not task_run or (not ctx.params.force and ctx.ledger.has_result(job.job_key)):
         return await edit.fn(job, ctx)
     return await edit(job, quote(ctx))  # quote: Prefect does not walk the run's shared objects
 

@@ -219,12 +219,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # adds "database is locked" noise to ephemeral runs: off unless the user set it.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    if args.command in ("run", "validate"):
         try:
             params = params_from_args(args)
         except ValueError as exc:
             print(f"klingflow: {exc}", file=sys.stderr)
             return EXIT_CANNOT_RUN
+    if args.command == "validate":
+        from klingflow.app.validate import run as run_validate
+
+        return run_validate(args, params)
+    if args.command == "run":
         if problem := key_problem(params):
             if not params.dry_run:
                 print(f"klingflow: {problem}", file=sys.stderr)
@@ -234,15 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return run_flow(params, verbose=args.verbose)
-    if args.command == "validate":
-        from klingflow.app.validate import run as run_validate
-
-        try:
-            params = params_from_args(args)
-        except ValueError as exc:
-            print(f"klingflow: {exc}", file=sys.stderr)
-            return EXIT_CANNOT_RUN
-        return run_validate(args, params)
     if args.command == "demo":
         from klingflow.app.demo import run_demo
 

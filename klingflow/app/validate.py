@@ -25,7 +25,6 @@ from klingflow.errors import KlingflowError
 from klingflow.fal.backend import choose_backend, key_for, resolve_fal_key
 from klingflow.fal.pricing import dry_run_price
 from klingflow.inputs import InputPolicy
-from klingflow.ledger.decide import JobState
 from klingflow.ledger.identity import with_job_key
 from klingflow.ledger.store import RequestLedger
 from klingflow.manifest import load_manifest
@@ -84,7 +83,7 @@ async def validate(params: EditParams) -> Validation:
     price = dry_run_price(state / "pricing", target_namespace(kind), params.endpoint, sent_key, log)
     rows = [price.estimated(with_job_key(job, params.endpoint)) for job in prepared]
     with RequestLedger(state / "requests", namespace=kind.value) as ledger:
-        owned = {r.job_key for r in rows if r.ok and r.job_key and not params.force and _paid(ledger, r.job_key)}
+        owned = {r.job_key for r in rows if r.ok and r.job_key and not params.force and ledger.has_result(r.job_key)}
     figures = estimate(list(rows), price, owned.__contains__)
     return Validation(
         manifest=str(Path(params.manifest).expanduser().resolve()),
@@ -92,11 +91,6 @@ async def validate(params: EditParams) -> Validation:
         estimate=figures,
         text=figures.text(params.max_budget_usd, params.estimate_wait_s),
     )
-
-
-def _paid(ledger: RequestLedger, job_key: str) -> bool:
-    entry = ledger.get(job_key)
-    return entry is not None and entry.state is JobState.succeeded
 
 
 def _check(job: JobRecord, paid: bool) -> RowCheck:

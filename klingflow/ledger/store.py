@@ -134,6 +134,11 @@ class RequestLedger:
             body = conn.execute(sa.select(entries.c.body).where(self._match(entries, job_key))).scalar_one_or_none()
         return LedgerEntry.model_validate_json(body) if body else None
 
+    def has_result(self, job_key: str | None) -> bool:
+        """Whether the key's output was already paid for and downloaded (a run reuses it, at no cost)."""
+        entry = self.get(job_key) if job_key else None
+        return entry is not None and entry.state is JobState.succeeded
+
     def put(self, entry: LedgerEntry) -> None:
         """Insert or replace the key's entry (update first; insert when there was none)."""
         values = {"body": entry.model_dump_json(), "updated_at": entry.updated_at}

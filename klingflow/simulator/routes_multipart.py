@@ -46,11 +46,9 @@ def multipart_routes(state: SimState) -> list[Route]:
             return JSONResponse({"detail": "Invalid signature"}, 403)
         p = request.path_params
         try:
-            path = storage.part_path(p["slot"], p["name"], p["upload_id"], p["part"])
+            md5 = await storage.stage_part(p["slot"], p["name"], p["upload_id"], p["part"], request.stream())
         except StorageError as exc:
             return JSONResponse({"detail": str(exc)}, 404)
-        _, md5 = await storage.write_stream(path, request.stream())
-        storage.record_etag(path, md5)
         return JSONResponse({"partNumber": p["part"], "etag": md5}, headers={"ETag": f'"{md5}"'})
 
     async def complete(request: Request) -> Response:

@@ -51,11 +51,9 @@ def storage_routes(state: SimState) -> list[Route]:
     async def multipart_part(request: Request) -> Response:
         p = request.path_params
         try:
-            part = storage.part_path(p["slot"], p["name"], p["upload_id"], p["part"])
+            md5 = await storage.stage_part(p["slot"], p["name"], p["upload_id"], p["part"], request.stream())
         except StorageError as exc:
             return JSONResponse({"detail": str(exc)}, 404)
-        _, md5 = await storage.write_stream(part, request.stream())
-        storage.record_etag(part, md5)
         return Response(status_code=200, headers={"ETag": f'"{md5}"'})
 
     async def multipart_complete(request: Request) -> Response:

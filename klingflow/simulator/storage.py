@@ -133,6 +133,15 @@ class Storage:
         """Remember a staged part's etag (md5 hex) for the completion check."""
         part.with_suffix(".etag").write_text(etag)
 
+    async def stage_part(
+        self, slot: str, name: str, upload_id: str, part_number: int, chunks: AsyncIterator[bytes]
+    ) -> str:
+        """Write one part of a known upload and remember its etag (md5 hex, returned); StorageError if unknown."""
+        part = self.part_path(slot, name, upload_id, part_number)
+        _, md5 = await self.write_stream(part, chunks)
+        self.record_etag(part, md5)
+        return md5
+
     def complete_multipart(self, slot: str, name: str, upload_id: str, parts: dict[int, str]) -> int:
         """Assemble parts (partNumber -> etag, in any order) into the file; returns its size.
 

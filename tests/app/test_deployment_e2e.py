@@ -176,13 +176,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _start_services(stack)
         yield stack
     finally:
-        stack.stop()
-        deadline = time.monotonic() + 10
-        while (strays := _stray_processes(marker)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in strays:
-            os.kill(pid, signal.SIGKILL)
-        assert not strays, f"processes left behind: {strays}"
+        stop_stack(stack, marker)
+
+
+def stop_stack(stack: Stack, marker: str) -> None:
+    """Stop every process of the stack; kill (and fail on) any left behind after 10 s."""
+    stack.stop()
+    deadline = time.monotonic() + 10
+    while (strays := _stray_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in strays:
+        os.kill(pid, signal.SIGKILL)
+    assert not strays, f"processes left behind: {strays}"
 
 
 def _start_services(stack: Stack) -> None:

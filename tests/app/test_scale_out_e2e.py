@@ -6,10 +6,7 @@ at once through the deployment. The PostgreSQL cluster is the throwaway one of t
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -30,12 +27,12 @@ from tests.app.test_deployment_e2e import (
     _clean_env,
     _deployment,
     _free_port,
-    _stray_processes,
     _tail,
     _trigger,
     _wait_finished,
     _wait_http,
     _wait_workers,
+    stop_stack,
 )
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -61,13 +58,7 @@ def pg_stack(tmp_path_factory: pytest.TempPathFactory, pg_cluster) -> Iterator[t
         _start(stack)
         yield stack, ledger_url
     finally:
-        stack.stop()
-        deadline = time.monotonic() + 10
-        while (strays := _stray_processes(marker)) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for pid in strays:
-            os.kill(pid, signal.SIGKILL)
-        assert not strays, f"processes left behind: {strays}"
+        stop_stack(stack, marker)
 
 
 def _start(stack: Stack) -> None:
