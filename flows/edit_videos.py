@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,25 +24,21 @@ from prefect.utilities.annotations import quote
 from pydantic import BaseModel
 
 from klingflow import events
-from klingflow.fal.backend import Logger, choose_backend, key_for, resolve_fal_key
-from klingflow.fal.history import RecentRequests
-from klingflow.fal.pricing import UnitPrice, dry_run_price, resolve_price
-from klingflow.fal.queue import FalQueue
-from klingflow.fal.slots import RequestSlots, ensure_global_limit
-from klingflow.fal.uploads import UploadCache
+from klingflow.fal.backend import Logger
+from klingflow.fal.pricing import UnitPrice
 from klingflow.inputs import InputPolicy
 from klingflow.ledger.budget import Budget
 from klingflow.ledger.identity import with_job_key
 from klingflow.ledger.store import RequestLedger
-from klingflow.manifest import load_manifest
-from klingflow.media.preprocess import PreprocessSettings
-from klingflow.models import Backend, EditParams, JobRecord, JobStatus
-from klingflow.pipeline.backend import open_backend, target_namespace
+from klingflow.models import EditParams, JobRecord, JobStatus
+from klingflow.orchestrator import PrefectLink
 from klingflow.pipeline.cancellation import cancel_outstanding_requests
 from klingflow.pipeline.estimate import estimate
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
+from klingflow.pipeline.resources import RunResources, open_run
 from klingflow.pipeline.rows import as_follower, as_row, as_stopped
+from klingflow.pipeline.stopping import signal_name, stop_on_signals
 from klingflow.report.artifacts import ProgressTracker, ReportPaths
 from tasks.edit import edit
 from tasks.report import report
@@ -76,41 +70,53 @@ async def edit_videos(params: EditParams) -> State:
     """Run every edit of a manifest through Kling O3 Pro (or the local simulator) and report."""
     logger = get_run_logger()
     run_id, started = str(flow_run.get_id() or uuid.uuid4()), datetime.now(UTC)
-    key = resolve_fal_key(logger)  # once per run; passed down, never logged
-    kind = choose_backend(params.backend, key, logger)
-    with RequestLedger(Path(params.state_dir).expanduser() / "requests", namespace=kind.value) as ledger:
-        logger.info("request ledger: %s", ledger.where)  # password hidden
-        inputs = input_policy(params)
-        jobs = load_manifest(params.manifest, logger, inputs)
-        logger.info("manifest %s: %d job(s)", params.manifest, len(jobs))
-        async with (
-            Intake(jobs, PreprocessSettings.from_params(params, inputs), logger) as intake,
-            _backend(params, kind, key, logger) as fal,
-        ):
-            recent = RecentRequests(fal, logger).prefetch() if fal else None  # read while inputs are prepared
-            price = await _price(fal, params, kind, key, logger)
-            seen = await intake.settled(params.estimate_wait_s if fal else None)
-            keyed = [price.estimated(with_job_key(job, params.endpoint)) if job else None for job in seen]
-            estimated = await announce_estimate(keyed, ledger, params, price)
-            if fal is None or recent is None:
+    with stop_on_signals(lambda signum: _stopping(signum, logger)):
+        async with open_run(params, run_id, input_policy(params), logger, slot_holder=_flow_run_id(run_id)) as run:
+            keyed = await estimated_rows(run)
+            estimated = await announce_estimate(keyed, run.ledger, params, run.price)
+            if run.sending is None:
                 jobs = [j.with_(status=JobStatus.dry_run) if j.ok else j for j in keyed if j is not None]
-                backend = f"{kind.value} (dry run)"
+                backend = f"{run.kind.value} (dry run)"
             else:
-                sheet = list(intake.jobs)  # each row as far as it got, for the report of a run stopped midway
-                try:
-                    jobs = await edit_all(intake, fal, recent, ledger, run_id, params, price, sheet)
-                except BaseException:  # cancelled (UI, API, worker), interrupted: report what finished, then stop
-                    stopped = [as_stopped(j, ledger.get(j.job_key) if j.job_key else None, run_id) for j in sheet]
-                    await asyncio.shield(report_stopped(stopped, ledger, _about(params, run_id, started, fal.label)))
-                    raise
-                backend = fal.label
-        # quote: Prefect would otherwise walk every record looking for futures
-        paths = await report(quote(jobs), **_about(params, run_id, started, backend))
-        _mark_reported(ledger, jobs, run_id)
-    summary = summarize(run_id, jobs, estimated, paths)
+                jobs = await edit_or_report_stop(run, started)
+                backend = run.sending.fal.label
+            # quote: Prefect would otherwise walk every record looking for futures
+            paths = await report(quote(jobs), **_about(params, run_id, started, backend), link=quote(run.link))
+            _mark_reported(run.ledger, jobs, run_id)
+            summary = summarize(run_id, jobs, estimated, paths)
+            events.run_notice(events.RunNotice(summary=summary, orchestrator_down=run.link.is_down))
     message = f"{summary.succeeded}/{summary.jobs} job(s) succeeded, ${summary.cost_usd:.2f} billed"
     logger.info("%s; report %s", message, summary.report_path)
     return Completed(message=message, data=summary) if summary.all_succeeded else Failed(message=message, data=summary)
+
+
+def _stopping(signum: int, logger: Logger) -> None:
+    logger.warning(
+        "%s received: cancelling this run's requests at fal and writing the report of what finished "
+        "(a second one stops at once)",
+        signal_name(signum),
+    )
+    events.run_notice(events.RunNotice(signum=signum))
+
+
+async def estimated_rows(run: RunResources) -> list[JobRecord | None]:
+    """Each row with its job key and estimate once preprocessed (None: still being prepared when the estimate
+    was due, `estimate_wait_s`)."""
+    seen = await run.intake.settled(run.params.estimate_wait_s if run.sending else None)
+    return [run.price.estimated(with_job_key(job, run.params.endpoint)) if job else None for job in seen]
+
+
+async def edit_or_report_stop(run: RunResources, started: datetime) -> list[JobRecord]:
+    """Every job at fal; a run stopped midway (signal, UI cancel) reports what finished before it stops."""
+    sheet = list(run.jobs)  # each row as far as it got, for the report of a run stopped midway
+    try:
+        return await edit_all(run, sheet)
+    except BaseException:  # cancelled (UI, API, worker), interrupted: report what finished, then stop
+        ledger, run_id = run.ledger, run.run_id
+        stopped = [as_stopped(j, ledger.get(j.job_key) if j.job_key else None, run_id) for j in sheet]
+        label = run.sending.fal.label if run.sending else run.kind.value
+        await asyncio.shield(report_stopped(stopped, run, _about(run.params, run_id, started, label)))
+        raise
 
 
 def input_policy(params: EditParams) -> InputPolicy:
@@ -144,40 +150,20 @@ def _about(params: EditParams, run_id: str, started: datetime, backend: str) -> 
     }
 
 
-async def report_stopped(jobs: list[JobRecord], ledger: RequestLedger, about: dict[str, Any]) -> None:
+async def report_stopped(jobs: list[JobRecord], run: RunResources, about: dict[str, Any]) -> None:
     """The report of a run stopped midway: the rows that finished, the rest `cancelled` saying where their money
     stands. Written in the report task's own code, not as a new task run, and bounded in time: the worker kills
     a cancelled run's process after its grace period, and stopping must not wait on a slow page."""
     logger = get_run_logger()
     try:
-        paths = await asyncio.wait_for(report.fn(jobs, **about), STOPPED_REPORT_S)
+        paths = await asyncio.wait_for(report.fn(jobs, **about, link=run.link), STOPPED_REPORT_S)
     except Exception:  # the ledger keeps every bill: the next run reports what this one could not
         logger.warning("the stopped run's report could not be written; the next run reports its bills", exc_info=True)
         return
-    _mark_reported(ledger, jobs, about["run_id"])
+    _mark_reported(run.ledger, jobs, about["run_id"])
+    events.run_notice(events.RunNotice(summary=summarize(about["run_id"], jobs, 0.0, paths)))
     finished = sum(j.status is JobStatus.succeeded for j in jobs)
     logger.warning("run stopped: %d/%d job(s) had finished; report %s", finished, len(jobs), paths.parquet_path)
-
-
-@asynccontextmanager
-async def _backend(
-    params: EditParams, kind: Backend, key: str | None, logger: Logger
-) -> AsyncIterator[FalQueue | None]:
-    """The run's connection to fal, or None for a dry run (which sends fal nothing)."""
-    if params.dry_run:
-        yield None
-        return
-    async with open_backend(params, kind, key, logger) as fal:
-        yield fal
-
-
-async def _price(fal: FalQueue | None, params: EditParams, kind: Backend, key: str | None, logger: Logger) -> UnitPrice:
-    """The run's unit price: fal's for the key the run sends (a dry run sends nothing: the day's cached one)."""
-    pricing = Path(params.state_dir).expanduser() / "pricing"
-    if fal is not None:
-        return await resolve_price(fal, pricing, logger)
-    sent_key = key_for(kind, key) if key or kind is not Backend.fal else None
-    return dry_run_price(pricing, target_namespace(kind), params.endpoint, sent_key, logger)
 
 
 async def announce_estimate(
@@ -196,46 +182,33 @@ async def announce_estimate(
     return figures.total_usd
 
 
-async def edit_all(
-    intake: Intake,
-    fal: FalQueue,
-    recent: RecentRequests,
-    ledger: RequestLedger,
-    run_id: str,
-    params: EditParams,
-    price: UnitPrice,
-    sheet: list[JobRecord],
-) -> list[JobRecord]:
+async def edit_all(run: RunResources, sheet: list[JobRecord]) -> list[JobRecord]:
     """Run every job as soon as its inputs are ready, at most `max_concurrency` requests in flight; rows with
     one job key share a request. `sheet` holds each row as far as it got (a stopped run reports it)."""
-    logger = get_run_logger()
-    limit = await ensure_global_limit(params.concurrency_limit, params.max_concurrency)
-    logger.info("global concurrency limit %r: %d request(s) in flight", params.concurrency_limit, limit)
-    slots = RequestSlots(params.concurrency_limit, params.max_concurrency, holder=_flow_run_id(run_id), log=logger)
-    with UploadCache(Path(params.state_dir).expanduser() / "uploads", fal) as uploads:
-        async with slots:
-            await slots.warm(len(intake.jobs))
-            ctx = RunContext(
-                run_id=run_id,
-                params=params,
-                fal=fal,
-                ledger=ledger,
-                budget=Budget(params.max_budget_usd),
-                slots=slots,
-                uploads=uploads,
-                poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
-                recent=recent,
-                price=price,
-            )
-            return await _edit_each(intake, ctx, sheet)
+    sending, params = run.sending, run.params
+    assert sending is not None
+    await sending.slots.warm(len(run.jobs))
+    ctx = RunContext(
+        run_id=run.run_id,
+        params=params,
+        fal=sending.fal,
+        ledger=run.ledger,
+        budget=Budget(params.max_budget_usd),
+        slots=sending.slots,
+        uploads=sending.uploads,
+        poll=PollSettings(params.poll_interval_s, params.poll_max_interval_s, params.job_timeout_s),
+        recent=sending.recent,
+        price=run.price,
+    )
+    return await _edit_each(run.intake, ctx, sheet, run.link)
 
 
-async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord]) -> list[JobRecord]:
+async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord], link: PrefectLink) -> list[JobRecord]:
     """Every job once its own row is ready, admitted a few more at a time than the slots allow (an admitted job
     may be a Prefect task run: all of them started at once would keep the server busy while the first
     submissions wait); the first ready row of a job key leads, the rest follow it. `latest` holds each row as
     far as it got: an exception that escapes becomes that row, and a stopped run reports it."""
-    progress = ProgressTracker(total=len(intake.jobs))
+    progress = await ProgressTracker.start(total=len(intake.jobs), link=link)
     task_runs = len(intake.jobs) <= ctx.params.job_task_runs_max
     if not task_runs:
         get_run_logger().info(
@@ -270,10 +243,13 @@ async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord]) -
             return done
         finally:
             latest[index] = done
-            progress.advance()
+            progress.advance()  # in the background: a slow or dead Prefect server never holds a job up
             events.job_finished(done)
 
-    results = await asyncio.gather(*(one(i) for i in range(len(intake.jobs))), return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(one(i) for i in range(len(intake.jobs))), return_exceptions=True)
+    finally:
+        await asyncio.shield(progress.aclose())
     return [as_row(job, result) for job, result in zip(latest, results, strict=True)]
 
 

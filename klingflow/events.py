@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from klingflow.models import JobRecord
 
@@ -16,16 +17,45 @@ _listeners: list[Listener] = []
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RunNotice:
+    """A run's news for its front-end: a stop signal came (`signum`), or its report is on disk (`summary`, the
+    flow's RunSummary) — the front-end then has what it needs even if Prefect's own bookkeeping fails after."""
+
+    signum: int | None = None
+    summary: object | None = None
+    orchestrator_down: bool = False
+
+
+RunListener = Callable[[RunNotice], None]
+_run_listeners: list[RunListener] = []
+
+
 def subscribe(listener: Listener) -> Callable[[], None]:
     """Call `listener(job)` each time a job finishes; returns the unsubscribe function."""
     _listeners.append(listener)
     return lambda: _listeners.remove(listener)
 
 
+def subscribe_run(listener: RunListener) -> Callable[[], None]:
+    """Call `listener(notice)` when the run is told to stop and when its report is written."""
+    _run_listeners.append(listener)
+    return lambda: _run_listeners.remove(listener)
+
+
 def job_finished(job: JobRecord) -> None:
     """Tell every listener that `job` reached its final state in this run."""
-    for listener in list(_listeners):
+    _tell(_listeners, job)
+
+
+def run_notice(notice: RunNotice) -> None:
+    """Tell every run listener what happened to the run."""
+    _tell(_run_listeners, notice)
+
+
+def _tell(listeners: list, item: object) -> None:
+    for listener in list(listeners):
         try:
-            listener(job)
+            listener(item)
         except Exception:  # a broken front-end must not break the run
-            log.exception("progress listener failed")
+            log.exception("run listener failed")

@@ -2,7 +2,8 @@
 
 Exit codes of `run` and `demo`: 0 every job succeeded (or was reused, or dry run); 1 at least one
 job failed, was cancelled or skipped by the budget; 2 the run could not start (bad manifest,
-parameters or backend); 130 interrupted.
+parameters or backend); 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM — in both cases after
+cancelling its requests at fal and writing the report of what finished (a second signal stops at once).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import enum
 import os
+import signal
 import sys
 import types
 from collections.abc import Sequence
@@ -21,7 +23,7 @@ from pydantic import ValidationError
 from klingflow import __version__
 from klingflow.models import Backend, EditParams
 
-EXIT_OK, EXIT_JOBS_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_JOBS_FAILED, EXIT_CANNOT_RUN, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 130, 143
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,16 +183,36 @@ def key_problem(params: EditParams) -> str | None:
 
 def run_flow(params: EditParams, *, verbose: bool = False) -> int:
     """Run the flow in this process with a progress bar; map its outcome to an exit code."""
-    from klingflow.app.runner import run_with_progress
+    from prefect.exceptions import TerminationSignal
+
+    from klingflow.app.runner import Outcome, run_with_progress
+
+    async def run() -> Outcome:
+        outcome = await run_with_progress(params, verbose=verbose)
+        if outcome.orchestrator_down:  # the report is on disk; Prefect's services would retry a dead server for
+            sys.stdout.flush()  # minutes, here and in asyncio's and the interpreter's teardown: leave now
+            sys.stderr.flush()
+            os._exit(exit_code(outcome.signum, outcome.summary))
+        return outcome
 
     try:
-        summary = asyncio.run(run_with_progress(params, verbose=verbose))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        outcome = asyncio.run(run())
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print("klingflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TerminationSignal:  # a second SIGTERM: stopped at once
+        print("klingflow: terminated", file=sys.stderr)
+        return EXIT_TERMINATED
+    return exit_code(outcome.signum, outcome.summary)
+
+
+def exit_code(signum: int | None, summary: object | None) -> int:
+    """The documented exit code of a run (see the module docstring)."""
+    if signum is not None:
+        return EXIT_TERMINATED if signum == signal.SIGTERM else EXIT_INTERRUPTED
     if summary is None:
         return EXIT_CANNOT_RUN
-    return EXIT_OK if summary.all_succeeded else EXIT_JOBS_FAILED
+    return EXIT_OK if getattr(summary, "all_succeeded", False) else EXIT_JOBS_FAILED
 
 
 def run_server(action: str) -> int:

@@ -32,7 +32,7 @@ def run_demo(
     *, time_scale: float = 1.0, output_dir: str = "outputs", report_dir: str = "reports", verbose: bool = False
 ) -> int:
     """Generate inputs, run the demo manifest on the embedded simulator, print the reconciliation."""
-    from klingflow.app.cli import EXIT_CANNOT_RUN, EXIT_JOBS_FAILED, EXIT_OK
+    from klingflow.app.cli import exit_code
     from klingflow.app.runner import run_with_progress
 
     ensure_demo_media()
@@ -43,11 +43,10 @@ def run_demo(
         report_dir=report_dir,
         simulator_time_scale=time_scale,
     )
-    summary = asyncio.run(run_with_progress(params, verbose=verbose))
-    if summary is None:
-        return EXIT_CANNOT_RUN
-    print(reconcile(summary.report_path, Path(params.state_dir).expanduser() / "simulator"))
-    return EXIT_OK if summary.all_succeeded else EXIT_JOBS_FAILED
+    outcome = asyncio.run(run_with_progress(params, verbose=verbose))
+    if outcome.summary is not None:
+        print(reconcile(outcome.summary.report_path, Path(params.state_dir).expanduser() / "simulator"))
+    return exit_code(outcome.signum, outcome.summary)
 
 
 def reconcile(report_path: str | None, simulator_state: Path) -> str:

@@ -11,6 +11,11 @@ A slot is held from submit until the request ends. Two gates, because they cost 
 
 The limit must exist (`ensure_global_limit`): a missing limit is an error, never "unlimited". A run
 waiting for the GCL says so every `WAIT_LOG_S` seconds, with the limit and who holds its slots.
+
+Every call goes through the run's `PrefectLink` (klingflow.orchestrator), so none waits out Prefect's
+client retries on a dead server: a slot for a new request is refused once the server has not answered for
+`DOWN_PATIENCE_S` (nothing is sent to fal without the cross-run cap), slots already held keep their
+requests going, and giving the leases back at the end is concurrent and bounded by `RELEASE_ALL_S`.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
 
 from klingflow.errors import BackendError
+from klingflow.orchestrator import OrchestratorDown, PrefectLink
 
 LEASE_S = 60.0  # Prefect's minimum lease: the longest a dead run's slot stays taken before the server frees it
 RENEW_EVERY_S = LEASE_S / 4
@@ -39,6 +45,8 @@ WAIT_LOG_S = 30.0
 IDLE_S = 3.0  # a lease no job of this run needed for this long goes back to the limit
 MAX_RETRY_S = 5.0  # poll a busy limit at least this often (Prefect may suggest up to 30 s)
 SERVER_ERROR_PATIENCE_S = 300.0  # a Prefect server answering errors (e.g. SQLite "database is locked") this long
+DOWN_PATIENCE_S = 30.0  # a server not answering at all this long: no new request is sent (a restart takes ~15 s)
+RELEASE_ALL_S = 15.0  # the run's end gives its leases back within this; an unreleased lease expires by itself
 
 
 class SlotError(BackendError):
@@ -73,14 +81,21 @@ class RequestSlots:
         *,
         holder: UUID | None = None,
         log: logging.Logger | logging.LoggerAdapter | None = None,
+        link: PrefectLink | None = None,
+        wait_log_s: float = WAIT_LOG_S,
+        max_retry_s: float = MAX_RETRY_S,
     ) -> None:
         self.name = name
+        self.wait_log_s = wait_log_s
+        self.max_retry_s = max_retry_s
         self.size = size
         self._holder = ConcurrencyLeaseHolder(type="flow_run", id=holder) if holder else None
         self._log = log or logging.getLogger("klingflow.slots")
+        self._link = link or PrefectLink(logger=self._log)
         self._local = asyncio.Semaphore(size)
         self._idle: dict[UUID, asyncio.TimerHandle] = {}  # leases no job holds, each given back when its timer fires
         self._held: set[UUID] = set()
+        self._unreleased = 0  # leases the server never heard given back (they expire within LEASE_S)
         self._client: PrefectClient | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._releases: set[asyncio.Task[None]] = set()
@@ -97,14 +112,22 @@ class RequestSlots:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        """Give every lease back (shielded: a stopping run must not leave slots taken)."""
+        """Give every lease back, at once and within RELEASE_ALL_S (shielded: a stopping run must not leave
+        slots taken; a lease not given back frees itself within LEASE_S on a server that runs its services)."""
         if self._renewer is not None:
             self._renewer.cancel()
         for timer in self._idle.values():
             timer.cancel()
         self._idle.clear()
         with contextlib.suppress(BaseException):
-            await asyncio.shield(self._release_all())
+            await asyncio.shield(asyncio.wait_for(self._release_all(), RELEASE_ALL_S))
+        if unreleased := self._unreleased + len(self._held):
+            self._log.warning(
+                "%d slot lease(s) of %r could not be given back; they free themselves within %.0f s",
+                unreleased,
+                self.name,
+                LEASE_S,
+            )
         if self._client is not None:
             with contextlib.suppress(Exception):
                 await self._client.__aexit__(None, None, None)
@@ -117,7 +140,7 @@ class RequestSlots:
         for _ in range(min(jobs, self.size) - len(self._held)):
             try:
                 lease = await self._try_acquire()
-            except (_Busy, SlotError, PrefectHTTPStatusError, httpx.HTTPError):
+            except (_Busy, SlotError, OrchestratorDown, PrefectHTTPStatusError, httpx.HTTPError):
                 return  # the jobs ask again, and wait or fail with the reason
             self._held.add(lease)
             self._park(lease)
@@ -171,10 +194,19 @@ class RequestSlots:
                 lease = await self._try_acquire()
             except _Busy as busy:
                 failing_since = None
-                if time.monotonic() - last_log >= WAIT_LOG_S:
+                if time.monotonic() - last_log >= self.wait_log_s:
                     last_log = time.monotonic()
                     self._log.warning(await self._waiting_note(time.monotonic() - started))
-                await asyncio.sleep(min(MAX_RETRY_S, busy.retry_after_s) * random.uniform(0.5, 1.0))  # noqa: S311
+                await asyncio.sleep(min(self.max_retry_s, busy.retry_after_s) * random.uniform(0.5, 1.0))  # noqa: S311
+                continue
+            except OrchestratorDown as exc:
+                down = time.monotonic() - (self._link.down_since or time.monotonic())
+                if down > DOWN_PATIENCE_S:
+                    raise SlotError(
+                        f"klingflow's Prefect server has not answered for {down:.0f} s, so no slot of "
+                        f"{self.name!r} could be taken"
+                    ) from exc
+                await asyncio.sleep(1.0)
                 continue
             except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
                 if _refused(exc):
@@ -190,8 +222,11 @@ class RequestSlots:
     async def _try_acquire(self) -> UUID:
         try:
             async with self._api:
-                response = await self.client.increment_concurrency_slots_with_lease(
-                    names=[self.name], slots=1, mode="concurrency", lease_duration=LEASE_S, holder=self._holder
+                response = await self._link.call(
+                    lambda: self.client.increment_concurrency_slots_with_lease(
+                        names=[self.name], slots=1, mode="concurrency", lease_duration=LEASE_S, holder=self._holder
+                    ),
+                    "taking a slot",
                 )
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code == 423:
@@ -199,9 +234,11 @@ class RequestSlots:
             raise
         body = response.json()
         if not body.get("limits"):  # Prefect grants a slot of a limit that does not exist: never run unlimited
-            with contextlib.suppress(Exception):
-                async with self._api:
-                    await self.client.release_concurrency_slots_with_lease(UUID(body["lease_id"]))
+            async with self._api:
+                await self._link.best_effort(
+                    lambda: self.client.release_concurrency_slots_with_lease(UUID(body["lease_id"])),
+                    "giving a slot back",
+                )
             raise SlotError(
                 f"the global concurrency limit {self.name!r} does not exist; it must be created first "
                 f"(`klingflow setup` or `prefect gcl create {self.name} --limit N`)"
@@ -228,15 +265,20 @@ class RequestSlots:
         task.add_done_callback(self._releases.discard)
 
     async def _release(self, lease: UUID) -> None:
+        """Give one lease back (a few tries while the server answers); one the server never hears of
+        expires on its own within LEASE_S."""
         self._held.discard(lease)
-        for attempt in range(5):
-            try:
-                async with self._api:
-                    await self.client.release_concurrency_slots_with_lease(lease)
+        for attempt in range(3):
+            async with self._api:
+                given = await self._link.best_effort(
+                    lambda: self.client.release_concurrency_slots_with_lease(lease), "giving a slot back"
+                )
+            if given is not None:
                 return
-            except Exception:  # noqa: BLE001 - retried; an unreleased lease expires on its own
-                await asyncio.sleep(0.5 * 2**attempt)
-        self._log.warning("could not give back a slot of %r; it frees itself within %.0f s", self.name, LEASE_S)
+            if self._link.is_down:
+                break
+            await asyncio.sleep(0.5 * 2**attempt)
+        self._unreleased += 1
 
     async def _renew_forever(self) -> None:
         while True:
@@ -244,7 +286,12 @@ class RequestSlots:
             for lease in list(self._held):
                 try:
                     async with self._api:
-                        await self.client.renew_concurrency_lease(lease, lease_duration=LEASE_S)
+                        await self._link.call(
+                            lambda lease=lease: self.client.renew_concurrency_lease(lease, lease_duration=LEASE_S),
+                            "renewing a slot lease",
+                        )
+                except OrchestratorDown:  # said once by the link; the slots held keep their requests going
+                    break
                 except Exception as exc:  # noqa: BLE001 - the next round tries again, well within the lease
                     self._log.warning("could not renew a slot lease of %r: %s", self.name, exc)
 

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 import flows.edit_videos  # noqa: F401  (configures Prefect's logging, as a run does)
-from klingflow.app.terminal import _console_handlers, logs_above
+from klingflow.app.terminal import _console_handlers, _internal_handlers, logs_above
 from klingflow.detail import DETAIL
 
 pytestmark = pytest.mark.usefixtures("prefect_server")  # Prefect's API log handler has a server to talk to
@@ -38,8 +38,19 @@ def test_lines_go_above_the_bar_and_chatter_only_when_verbose(loggers, verbose: 
         flow_log.info("job1: submitted as request r-1", extra=flow | DETAIL)
         task_log.info("Finished in state Completed()", extra=task)
         task_log.warning("row 2 (b): download failed", extra=task)
+        gone = logging.getLogger("prefect._internal.concurrency").makeRecord(
+            "prefect._internal.concurrency",
+            logging.ERROR,
+            __file__,
+            1,
+            "Service 'EventsWorker' failed to process item Event(occurred=...)",
+            (),
+            None,
+        )  # a dead server's every event, printed by Prefect's own stderr handler
+        printed = [h.filter(gone) for h in _internal_handlers()]
     text = out.getvalue()
     assert "estimate: 3 job(s)" in text and "row 2 (b): download failed" in text
     assert ("submitted as request r-1" in text) is verbose
     assert ("Finished in state Completed()" in text) is verbose
+    assert printed and all(printed) is verbose
     assert [h.console for h in handlers] == before and not any(h.filters for h in handlers)

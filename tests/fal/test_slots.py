@@ -9,7 +9,6 @@ import uuid
 import pytest
 from prefect.client.orchestration import get_client
 
-from klingflow.fal import slots as slots_module
 from klingflow.fal.slots import RequestSlots, SlotError, ensure_global_limit
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -124,26 +123,38 @@ async def test_a_cancelled_waiter_does_not_block_the_next() -> None:
     assert order == ["first", "last"]
 
 
-async def test_a_full_limit_is_waited_for_and_said(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    """A slot held elsewhere: the run waits (logging the limit and its active slots) and goes on once freed."""
+async def test_a_full_limit_is_waited_for_and_said(caplog) -> None:
+    """A slot held elsewhere: the run waits (logging the limit and its active slots) and goes on once freed.
+    The other holder lets go only once the wait was said, so a slow machine changes nothing."""
     name = _name()
     await ensure_global_limit(name, 1)
-    monkeypatch.setattr(slots_module, "WAIT_LOG_S", 0.2)
-    monkeypatch.setattr(slots_module, "MAX_RETRY_S", 0.1)
+    said = asyncio.Event()
+
+    class _Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "waiting" in record.getMessage():
+                said.set()
+
     async with get_client() as client:
         taken = await client.increment_concurrency_slots_with_lease(
             names=[name], slots=1, mode="concurrency", lease_duration=60
         )
         lease = uuid.UUID(taken.json()["lease_id"])
 
-        async def free_later() -> None:
-            await asyncio.sleep(0.8)
+        async def free_once_said() -> None:
+            await said.wait()
             await client.release_concurrency_slots_with_lease(lease)
 
-        freeing = asyncio.create_task(free_later())
-        with caplog.at_level(logging.WARNING, logger="klingflow.slots"):
-            async with RequestSlots(name, 1) as slots, slots.hold():
-                assert freeing.done()  # it could not get in before the other holder let go
+        freeing = asyncio.create_task(free_once_said())
+        logger = logging.getLogger("klingflow.slots")
+        handler = _Said()
+        logger.addHandler(handler)
+        try:
+            with caplog.at_level(logging.WARNING, logger="klingflow.slots"):
+                async with RequestSlots(name, 1, wait_log_s=0.2, max_retry_s=0.1) as slots, slots.hold():
+                    assert freeing.done()  # it could not get in before the other holder let go
+        finally:
+            logger.removeHandler(handler)
         await freeing
     notes = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
     assert notes and f"{name!r} (limit 1, 1 slot(s) active; this run holds 0" in notes[0]

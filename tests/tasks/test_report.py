@@ -39,7 +39,7 @@ async def _report_flow(report_dir: str, media: str, manifest: str) -> tuple[str,
         succeeded("ok", 1, seconds=5, video=str(before), output_path=str(after)),
         failed("bad", 2, error="HTTP 422: video too short"),
     ]
-    progress = ProgressTracker(total=len(records))
+    progress = await ProgressTracker.start(total=len(records))
     threads = [threading.Thread(target=progress.advance) for _ in records]  # advance from worker threads ...
     for t in threads:
         t.start()
@@ -47,6 +47,7 @@ async def _report_flow(report_dir: str, media: str, manifest: str) -> tuple[str,
         t.join()
     await asyncio.sleep(0)
     progress.advance()  # ... and from the event loop (clamped at total)
+    await progress.aclose()
     run_id = str(get_run_context().flow_run.id)
     paths = await report(
         records,
