@@ -26,7 +26,8 @@ from klingflow.errors import FalError, KlingflowError
 from klingflow.fal.backend import choose_backend, resolve_fal_key
 from klingflow.fal.outcomes import Done, Failure, Output, Result
 from klingflow.fal.queue import FalQueue
-from klingflow.ledger.decide import JobState, billed
+from klingflow.ledger.decide import JobState
+from klingflow.ledger.meaning import CancelReason, billed
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.manifest import load_manifest
 from klingflow.models import Backend, EditParams
@@ -104,7 +105,13 @@ async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logg
     try:
         if asked_here:
             await fal.cancel(entry.request_id or "")
-            entry = ledger.write(entry, state=JobState.cancel_requested, cancel_requested_at=time.time())
+            reason = entry.cancel_reason if entry.state is JobState.cancel_requested else None  # the run's own
+            entry = ledger.write(
+                entry,
+                state=JobState.cancel_requested,
+                cancel_requested_at=time.time(),
+                cancel_reason=reason or CancelReason.run_cancelled,
+            )
         result = await _result_when_done(fal, entry.request_id or "")
     except FalError as exc:
         logger.warning(
