@@ -106,7 +106,8 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         )
         if start is None:
             return await _new_request(job, ctx)
-        driver = _Driver(_resumed(job, entry, ctx), ctx, entry)
+        resumed, entry = _resumed(job, entry, ctx)
+        driver = _Driver(resumed, ctx, entry)
         done = await driver.run(start.state, start.action)
         if not driver.resubmits():
             return done
@@ -137,22 +138,23 @@ def _user_error(entry: LedgerEntry) -> bool:
     return entry.fal_status is not None and 400 <= entry.fal_status < 500 and entry.fal_status != 499
 
 
-def _resumed(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
-    """The job with what the ledger knows: its request, and its bill if fal was done.
+def _resumed(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> tuple[JobRecord, LedgerEntry]:
+    """The job with what the ledger knows: its request, and its bill if fal was done; and the entry as written.
 
     The bill goes into exactly one report: the one of the run that saw it, or, if that run died before
-    writing its report, this one (which then owns it); otherwise this row costs nothing.
+    writing its report, this one (which then owns it; the driver writes on from this entry, so it keeps owning
+    it); otherwise this row costs nothing.
     """
     fields: dict[str, Any] = {"request_id": entry.request_id}
     if entry.submitted_at or entry.submitting_at:
         fields["submitted_at"] = datetime.fromtimestamp(entry.submitted_at or entry.submitting_at or 0, UTC)
-    if entry.state in (JobState.completed, JobState.succeeded):
+    if billed(entry.state):
         fields |= entry.model_dump(include=BILL_FIELDS)
         if ctx.ledger.carries_bill(entry):
-            ctx.ledger.write(entry, bill_owner=ctx.ledger.owner(ctx.run_id, REPORT_GRACE_S))
+            entry = ctx.ledger.write(entry, bill_owner=ctx.ledger.owner(ctx.run_id, REPORT_GRACE_S))
         else:
             fields |= _REUSED
-    return job.with_(**fields)
+    return job.with_(**fields), entry
 
 
 _REUSED: dict[str, Any] = {"reused": True, "billed_seconds": 0.0, "cost_usd": 0.0, "cost_source": CostSource.reused}
@@ -160,7 +162,8 @@ _REUSED: dict[str, Any] = {"reused": True, "billed_seconds": 0.0, "cost_usd": 0.
 
 async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
     """A result already paid for: point at its output (downloading it again if the file is gone)."""
-    job = _resumed(job, entry, ctx).with_(**entry.model_dump(include=OUTPUT_FIELDS))
+    job, entry = _resumed(job, entry, ctx)
+    job = job.with_(**entry.model_dump(include=OUTPUT_FIELDS))
     if await output_is_intact(entry.output_path, entry.output_sha256):
         return (await materialised(job, ctx.params.output_dir)).with_(status=JobStatus.succeeded)
     start = MEANING[JobState.succeeded].resume
