@@ -25,8 +25,8 @@ from pathlib import Path
 
 from klingflow.endpoint import MAX_IMAGE_BYTES, MAX_VIDEO_BYTES
 from klingflow.errors import DownloadError, FalError
+from klingflow.fal.api import FalApi
 from klingflow.fal.outcomes import HistoryItem
-from klingflow.fal.queue import FalQueue
 from klingflow.fal.submit import payload_sha256
 from klingflow.hashing import sha256_file
 from klingflow.models import JobRecord
@@ -44,7 +44,7 @@ class Sighting:
     complete: bool  # every request listed in the window has its payload
 
 
-async def find_by_payload(fal: FalQueue, digest: str, since_epoch: float) -> Sighting:
+async def find_by_payload(fal: FalApi, digest: str, since_epoch: float) -> Sighting:
     """The request whose input hashes to `digest`, sent after `since_epoch` (raises FalError if unreadable)."""
     start = datetime.fromtimestamp(since_epoch - LOOKBACK_S, UTC)
     items = await fal.history(start=start)
@@ -55,7 +55,7 @@ async def find_by_payload(fal: FalQueue, digest: str, since_epoch: float) -> Sig
 class RecentRequests:
     """The endpoint's requests of the last 24 h (one paged read per run), to adopt work already paid for."""
 
-    def __init__(self, fal: FalQueue, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+    def __init__(self, fal: FalApi, logger: logging.Logger | logging.LoggerAdapter | None = None) -> None:
         self._fal = fal
         self._log = logger or logging.getLogger(__name__)
         self._items: list[HistoryItem] | None = None

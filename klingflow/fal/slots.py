@@ -28,6 +28,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import TracebackType
+from typing import Protocol
 from uuid import UUID
 
 import httpx
@@ -69,6 +70,24 @@ async def ensure_global_limit(name: str, limit: int) -> int:
         except ObjectAlreadyExists:  # another run created it since: its limit holds
             return (await client.read_global_concurrency_limit_by_name(name)).limit
         return limit
+
+
+class Slots(Protocol):
+    """What a job holds around its requests at fal: RequestSlots in a run, LocalSlots without Prefect."""
+
+    def hold(self) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class LocalSlots:
+    """This process's cap only (no global limit, no Prefect server): for code and tests that drive jobs alone."""
+
+    def __init__(self, size: int) -> None:
+        self._local = asyncio.Semaphore(size)
+
+    @asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        async with self._local:
+            yield
 
 
 class RequestSlots:

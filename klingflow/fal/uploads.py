@@ -16,7 +16,7 @@ from types import TracebackType
 
 from klingflow.cachedir import open_json_cache
 from klingflow.errors import FalError
-from klingflow.fal.queue import FalQueue
+from klingflow.fal.api import FalApi
 from klingflow.hashing import sha256_file
 from klingflow.models import JobRecord, Stage
 
@@ -24,7 +24,7 @@ from klingflow.models import JobRecord, Stage
 class UploadCache:
     """sha256 → URL, per backend namespace, with in-process de-duplication of concurrent uploads."""
 
-    def __init__(self, directory: str | Path, fal: FalQueue) -> None:
+    def __init__(self, directory: str | Path, fal: FalApi) -> None:
         self._cache = open_json_cache(directory)
         self._fal = fal
         self._inflight: dict[str, asyncio.Future[str]] = {}

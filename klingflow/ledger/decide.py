@@ -151,13 +151,3 @@ def decide(state: JobState, event: Event) -> Decision:
         return TABLE[(state, event)]
     except KeyError:
         raise InvalidTransition(f"{event.value} cannot happen in state {state.value}") from None
-
-
-def may_have_request(state: JobState) -> bool:
-    """States in which fal has, or may have, a request for the job (never submit again from these)."""
-    return state in (S.submitting, S.submitted, S.unknown, S.cancel_requested)
-
-
-def billed(state: JobState) -> bool:
-    """States whose request produced an output fal billed."""
-    return state in (S.completed, S.succeeded)

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from klingflow.ledger import schema
 from klingflow.ledger.decide import JobState
+from klingflow.ledger.meaning import CancelReason
 from klingflow.ledger.schema import LedgerSettings, entries, locks
 from klingflow.models import PaidResult
 
@@ -81,6 +82,7 @@ class LedgerEntry(PaidResult):
     bill_owner: LockOwner | None = None  # the run whose report will carry it (if it dies first, the next one will)
     billed_in_run: str | None = None  # the run whose report carries this bill
     cancel_requested_at: float | None = None  # when fal acknowledged a cancel (None: send it again)
+    cancel_reason: CancelReason | None = None  # why the cancel was sent (None: no cancel, or a ledger from before)
     fal_status: int | None = None  # HTTP status fal ended the request with (failed_at_fal)
     error: str | None = None
 

@@ -23,10 +23,11 @@ from typing import Any
 from prefect.logging.loggers import flow_run_logger
 
 from klingflow.errors import FalError, KlingflowError
+from klingflow.fal.api import FalApi
 from klingflow.fal.backend import choose_backend, resolve_fal_key
 from klingflow.fal.outcomes import Done, Failure, Output, Result
-from klingflow.fal.queue import FalQueue
-from klingflow.ledger.decide import JobState, billed
+from klingflow.ledger.decide import JobState
+from klingflow.ledger.meaning import CancelReason, billed
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.manifest import load_manifest
 from klingflow.models import Backend, EditParams
@@ -97,14 +98,20 @@ def _report_if_missing(
     logger.info("cancelled run: report %s (from the manifest and the request ledger)", parquet)
 
 
-async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logger: Logger) -> None:
+async def _cancel(entry: LedgerEntry, fal: FalApi, ledger: RequestLedger, logger: Logger) -> None:
     """Cancel (unless fal already acknowledged the run's cancel) and record what fal answers; unconfirmed
     stays resumable."""
     asked_here = entry.state is JobState.submitted or entry.cancel_requested_at is None
     try:
         if asked_here:
             await fal.cancel(entry.request_id or "")
-            entry = ledger.write(entry, state=JobState.cancel_requested, cancel_requested_at=time.time())
+            reason = entry.cancel_reason if entry.state is JobState.cancel_requested else None  # the run's own
+            entry = ledger.write(
+                entry,
+                state=JobState.cancel_requested,
+                cancel_requested_at=time.time(),
+                cancel_reason=reason or CancelReason.run_cancelled,
+            )
         result = await _result_when_done(fal, entry.request_id or "")
     except FalError as exc:
         logger.warning(
@@ -140,7 +147,7 @@ async def _cancel(entry: LedgerEntry, fal: FalQueue, ledger: RequestLedger, logg
         )
 
 
-async def _result_when_done(fal: FalQueue, request_id: str, wait_s: float = CONFIRM_WAIT_S) -> Result | None:
+async def _result_when_done(fal: FalApi, request_id: str, wait_s: float = CONFIRM_WAIT_S) -> Result | None:
     """The request's result once fal says it is done (None if it is not done within `wait_s`)."""
     deadline = time.monotonic() + wait_s
     while not isinstance(await fal.status(request_id, logs=False), Done):

@@ -20,6 +20,7 @@ from typing import Any
 
 from klingflow.detail import DETAIL
 from klingflow.errors import FalError, FalRejected, FalTransient
+from klingflow.fal.api import FalApi
 from klingflow.fal.history import RecentRequests, find_by_payload
 from klingflow.fal.outcomes import (
     Accepted,
@@ -32,12 +33,12 @@ from klingflow.fal.outcomes import (
     Running,
 )
 from klingflow.fal.pricing import UnitPrice
-from klingflow.fal.queue import FalQueue
-from klingflow.fal.slots import RequestSlots, SlotError
+from klingflow.fal.slots import SlotError, Slots
 from klingflow.fal.submit import edit_arguments, payload_sha256, request_tags, submit_headers
 from klingflow.fal.uploads import UploadCache, upload_job
 from klingflow.ledger.budget import Budget
-from klingflow.ledger.decide import Action, Event, JobState, decide, may_have_request
+from klingflow.ledger.decide import Action, Event, JobState, decide
+from klingflow.ledger.meaning import CANCELLED_BY, ERROR_FIELDS, MEANING, billed, may_have_request, resume_point
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.models import BILL_FIELDS, OUTPUT_FIELDS, CostSource, EditParams, JobRecord, JobStatus, Stage
 from klingflow.pipeline.outputs import download_and_verify, materialised, output_is_intact
@@ -70,10 +71,10 @@ class RunContext:
 
     run_id: str
     params: EditParams
-    fal: FalQueue
+    fal: FalApi
     ledger: RequestLedger
     budget: Budget
-    slots: RequestSlots
+    slots: Slots
     uploads: UploadCache
     poll: PollSettings
     recent: RecentRequests
@@ -100,12 +101,18 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
                 f"fal refused this exact input before ({entry.error}); fix the input, "
                 "or re-run with force=true to pay for another attempt",
             )
-        if entry.state in (JobState.cancelled, JobState.failed_before_submit, JobState.failed_at_fal):
+        start = resume_point(
+            entry.state, cancel_acknowledged=bool(entry.cancel_requested_at), reason=entry.cancel_reason
+        )
+        if start is None:
             return await _new_request(job, ctx)
-        state = JobState.unknown if entry.state is JobState.submitting else entry.state  # a crash mid-POST
-        action = _resume_point(state, entry)
-        note = "an earlier run's cancel was never acknowledged" if action is Action.cancel else ""
-        return await _Driver(_resumed(job, entry, ctx), ctx, entry, note=note).run(state, action)
+        resumed, entry = _resumed(job, entry, ctx)
+        driver = _Driver(resumed, ctx, entry)
+        done = await driver.run(start.state, start.action)
+        if not driver.resubmits():
+            return done
+        ctx.log.info("%s: fal confirmed the cancel an interrupted run asked for; submitting the job again", job.where)
+        return await _new_request(job, ctx)
 
 
 def bill_fields(
@@ -127,33 +134,27 @@ def _at_fal_now(state: JobState) -> bool:
     return may_have_request(state) and state not in (JobState.submitting, JobState.unknown)
 
 
-def _resume_point(state: JobState, entry: LedgerEntry) -> Action:
-    """Where a resumed job picks up; a cancel fal never acknowledged is sent again."""
-    if state is JobState.cancel_requested:
-        return Action.poll if entry.cancel_requested_at else Action.cancel
-    return {JobState.completed: Action.download, JobState.submitted: Action.poll}.get(state, Action.settle)
-
-
 def _user_error(entry: LedgerEntry) -> bool:
     return entry.fal_status is not None and 400 <= entry.fal_status < 500 and entry.fal_status != 499
 
 
-def _resumed(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
-    """The job with what the ledger knows: its request, and its bill if fal was done.
+def _resumed(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> tuple[JobRecord, LedgerEntry]:
+    """The job with what the ledger knows: its request, and its bill if fal was done; and the entry as written.
 
     The bill goes into exactly one report: the one of the run that saw it, or, if that run died before
-    writing its report, this one (which then owns it); otherwise this row costs nothing.
+    writing its report, this one (which then owns it; the driver writes on from this entry, so it keeps owning
+    it); otherwise this row costs nothing.
     """
     fields: dict[str, Any] = {"request_id": entry.request_id}
     if entry.submitted_at or entry.submitting_at:
         fields["submitted_at"] = datetime.fromtimestamp(entry.submitted_at or entry.submitting_at or 0, UTC)
-    if entry.state in (JobState.completed, JobState.succeeded):
+    if billed(entry.state):
         fields |= entry.model_dump(include=BILL_FIELDS)
         if ctx.ledger.carries_bill(entry):
-            ctx.ledger.write(entry, bill_owner=ctx.ledger.owner(ctx.run_id, REPORT_GRACE_S))
+            entry = ctx.ledger.write(entry, bill_owner=ctx.ledger.owner(ctx.run_id, REPORT_GRACE_S))
         else:
             fields |= _REUSED
-    return job.with_(**fields)
+    return job.with_(**fields), entry
 
 
 _REUSED: dict[str, Any] = {"reused": True, "billed_seconds": 0.0, "cost_usd": 0.0, "cost_source": CostSource.reused}
@@ -161,10 +162,13 @@ _REUSED: dict[str, Any] = {"reused": True, "billed_seconds": 0.0, "cost_usd": 0.
 
 async def _reuse(job: JobRecord, entry: LedgerEntry, ctx: RunContext) -> JobRecord:
     """A result already paid for: point at its output (downloading it again if the file is gone)."""
-    job = _resumed(job, entry, ctx).with_(**entry.model_dump(include=OUTPUT_FIELDS))
+    job, entry = _resumed(job, entry, ctx)
+    job = job.with_(**entry.model_dump(include=OUTPUT_FIELDS))
     if await output_is_intact(entry.output_path, entry.output_sha256):
         return (await materialised(job, ctx.params.output_dir)).with_(status=JobStatus.succeeded)
-    return await _Driver(job, ctx, entry).run(JobState.succeeded, Action.download)
+    start = MEANING[JobState.succeeded].resume
+    assert start is not None
+    return await _Driver(job, ctx, entry).run(start.state, start.action)
 
 
 async def _adopt(job: JobRecord, ctx: RunContext) -> JobRecord | None:
@@ -233,7 +237,6 @@ class _Driver:
         entry: LedgerEntry | None,
         *,
         reserved: float | None = None,
-        note: str = "",
     ) -> None:
         self.job, self.ctx, self.entry = job, ctx, entry
         self.reserved = reserved if reserved is not None else job.estimated_cost_usd or 0.0
@@ -246,10 +249,12 @@ class _Driver:
         self.cancel_deadline: float | None = None
         self.settle_attempt = 0
         self.failure: Failure | None = None
-        self.note = note
+        self.note = ""
 
     # --- the loop ----------------------------------------------------------------------------------
     async def run(self, state: JobState, action: Action) -> JobRecord:
+        if self.entry is not None and self.entry.state is not state:  # resumed elsewhere than it was left
+            self._persist(state)
         async with AsyncExitStack() as slot:
             holding = False
             while action not in (Action.stop, Action.resume_later):
@@ -273,14 +278,14 @@ class _Driver:
     def _move(self, state: JobState, event: Event) -> tuple[JobState, Action]:
         decision = decide(state, event)
         if decision.state is not state or event in (Event.accepted, Event.found, Event.downloaded):
-            self._persist(decision.state)
+            self._persist(decision.state, event)
         return decision.state, decision.action
 
     async def _interrupted(self, state: JobState) -> None:
         """The run is stopping: cancel a request fal has (once), and leave the rest resumable."""
         decision = decide(state, Event.interrupted)
         if decision.state is not state:
-            self._persist(decision.state)
+            self._persist(decision.state, Event.interrupted)
         if decision.action is Action.cancel:
             cancel = self.ctx.fal.cancel(self.job.request_id or "", attempts=INTERRUPT_CANCEL_ATTEMPTS)
             try:
@@ -310,18 +315,18 @@ class _Driver:
         return await steps[action]()
 
     # --- persistence --------------------------------------------------------------------------------
-    def _persist(self, state: JobState, **extra: Any) -> None:
-        job = self.job
+    def _persist(self, state: JobState, event: Event | None = None, **extra: Any) -> None:
+        """Write `state` with the fields its meaning says it carries (klingflow.ledger.meaning)."""
+        job, carries = self.job, MEANING[state].persists
         fields: dict[str, Any] = {"state": state, "request_id": job.request_id, **extra}
         owed = {"report_pending": True, "bill_owner": self.ctx.ledger.owner(self.ctx.run_id, REPORT_GRACE_S)}
-        if state is JobState.completed:
-            fields |= job.model_dump(include=BILL_FIELDS) | (owed if not job.reused else {})
-        if state is JobState.succeeded:
-            fields |= job.model_dump(include=OUTPUT_FIELDS)
-        if state in (JobState.failed_at_fal, JobState.cancelled, JobState.failed_before_submit):
+        if carries & ERROR_FIELDS:
             fields |= {"error": job.error or self.note, "fal_status": self.failure.status if self.failure else None}
-            if job.cost_usd and not job.reused:
-                fields |= job.model_dump(include=BILL_FIELDS) | owed
+        if carries & BILL_FIELDS and (billed(state) or (job.cost_usd and not job.reused)):
+            fields |= job.model_dump(include=carries & BILL_FIELDS) | (owed if not job.reused else {})
+        fields |= job.model_dump(include=carries & OUTPUT_FIELDS)
+        if "cancel_reason" in carries and event in CANCELLED_BY:
+            fields["cancel_reason"] = CANCELLED_BY[event]
         if self.entry is None:
             self.entry = _new_entry(job, self.ctx, state)
         self.entry = self.ctx.ledger.write(self.entry, **fields)
@@ -340,6 +345,7 @@ class _Driver:
             submitting_at=time.time(),
             payload_sha256=payload_sha256(arguments),
             cancel_requested_at=None,
+            cancel_reason=None,
             error=None,
             fal_status=None,
         )
@@ -438,18 +444,28 @@ class _Driver:
         return bill_fields(units, self.job.estimated_seconds, self.ctx.price, failed=failed)
 
     def _cancel_reason(self) -> str:
-        if self.entry is not None and self.entry.cancel_requested_at and self.note.startswith("timed out"):
-            return f"{self.note}; request {self.job.request_id} cancelled at fal (not billed)"
-        return f"request {self.job.request_id} cancelled at fal (not billed)"
+        cancelled = f"request {self.job.request_id} cancelled at fal (not billed)"
+        return f"{self._why_cancelled()}; {cancelled}" if self.entry and self.entry.cancel_reason else cancelled
+
+    def _why_cancelled(self) -> str:
+        """Why this request's cancel was sent, as a row says it (from the ledger's typed reason)."""
+        reason = self.entry.cancel_reason if self.entry else None
+        return reason.says(self.ctx.poll.timeout_s) if reason else "an earlier run asked fal to cancel it"
+
+    def resubmits(self) -> bool:
+        """fal confirmed a cancel that is no verdict on the job (an interrupted run's): the job is submitted again."""
+        entry = self.entry
+        return bool(
+            entry and entry.state is JobState.cancelled and entry.cancel_reason and entry.cancel_reason.resubmits
+        )
 
     async def _cancel(self) -> Event:
-        if not self.note:  # this run's timeout (a resumed, unacknowledged cancel comes with its own note)
-            self.note = f"timed out after {self.ctx.poll.timeout_s:.0f} s"
-        self.ctx.log.warning("%s: %s; cancelling request %s", self.job.job_id, self.note, self.job.request_id)
+        why = self._why_cancelled()
+        self.ctx.log.warning("%s: %s; cancelling request %s", self.job.job_id, why, self.job.request_id)
         try:
             reply = await self.ctx.fal.cancel(self.job.request_id or "")
         except FalTransient as exc:
-            self.note += f"; the cancel failed ({exc})"
+            self.note = f"{why}; the cancel failed ({exc})"
             return Event.transient
         self._cancel_answered(reply)
         self.polls_started = False
@@ -580,7 +596,7 @@ class _Driver:
         if state is JobState.cancel_requested:
             return job.fail(
                 Stage.cancel_unconfirmed,
-                f"{self.note}; cancel requested at fal but not confirmed — it may still "
+                f"{self.note or self._why_cancelled()}; cancel requested at fal but not confirmed — it may still "
                 "complete and be billed; the next run resumes it",
             )
         return job.fail(Stage.submit_unknown, self._unknown_reason())

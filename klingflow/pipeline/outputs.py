@@ -14,7 +14,7 @@ from pathlib import Path
 
 from klingflow.endpoint import billable_seconds
 from klingflow.errors import MediaError
-from klingflow.fal.queue import FalQueue
+from klingflow.fal.api import FalApi
 from klingflow.hashing import sha256_file
 from klingflow.media.probe import probe_video
 from klingflow.models import JobRecord
@@ -33,7 +33,7 @@ def output_path(output_dir: str | Path, job_id: str, request_id: str) -> Path:
     return path
 
 
-async def download_and_verify(record: JobRecord, fal: FalQueue, output_dir: str | Path) -> JobRecord:
+async def download_and_verify(record: JobRecord, fal: FalApi, output_dir: str | Path) -> JobRecord:
     """The record with its verified output file (status succeeded), or failed at the download stage."""
     if record.output_url is None or record.request_id is None:
         return record

@@ -8,6 +8,7 @@ that job's row, so the run's report is never lost.
 from __future__ import annotations
 
 from klingflow.ledger.decide import JobState
+from klingflow.ledger.meaning import MEANING
 from klingflow.ledger.store import LedgerEntry
 from klingflow.models import OUTPUT_FIELDS, CostSource, JobRecord, JobStatus, PaidResult, Stage
 
@@ -60,22 +61,4 @@ def as_stopped(job: JobRecord, entry: LedgerEntry | None, run_id: str) -> JobRec
         return job.with_(**paid, job_key=entry.job_key, request_id=entry.request_id, status=JobStatus.succeeded)
     request = {"request_id": entry.request_id} if entry is not None and entry.request_id else {}
     state = entry.state if entry is not None else JobState.planned
-    return job.with_(**request).fail(Stage.collect, _STOPPED.get(state, _STOPPED_AT_FAL), status=JobStatus.cancelled)
-
-
-_STOPPED_AT_FAL = (
-    "the run was stopped while this job was at fal; its request was asked to cancel, and the next run records "
-    "what fal finally says (fal may still complete and bill it)"
-)
-_STOPPED = {
-    JobState.planned: "the run was stopped before this job was submitted (nothing billed)",
-    JobState.failed_before_submit: "the run was stopped before this job was submitted (nothing billed)",
-    JobState.cancelled: "the run was stopped and fal confirmed the cancel of this job's request (nothing billed)",
-    JobState.succeeded: "an earlier run paid for this edit; this run stopped before it reused the output (no charge)",
-    JobState.submitting: "the run stopped while this job was being submitted; the next run looks for it in fal's "
-    "request history before it submits again",
-    JobState.unknown: "the run stopped while this job was being submitted; the next run looks for it in fal's "
-    "request history before it submits again",
-    JobState.completed: "fal completed and billed this job before the run stopped; the next run downloads it and "
-    "its report carries the bill",
-}
+    return job.with_(**request).fail(Stage.collect, MEANING[state].stopped, status=JobStatus.cancelled)

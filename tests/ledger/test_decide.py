@@ -12,10 +12,9 @@ from klingflow.ledger.decide import (
     Event,
     InvalidTransition,
     JobState,
-    billed,
     decide,
-    may_have_request,
 )
+from klingflow.ledger.meaning import billed, may_have_request
 
 # state, event -> next state, action. Every pair not listed here must be refused (InvalidTransition).
 EXPECTED_TABLE = """

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from prefect.client.schemas.objects import FlowRun
 
+from klingflow.ledger.decide import JobState
+from klingflow.ledger.meaning import CancelReason
 from klingflow.ledger.store import LedgerEntry, RequestLedger
 from klingflow.models import EditParams
-from klingflow.pipeline.cancellation import cancel_outstanding_requests
+from klingflow.pipeline.cancellation import _cancel, cancel_outstanding_requests
 from klingflow.report.writer import run_file_name
+from tests.pipeline.fakefal import Req, ScriptedFal
 
 
 def _entry(job: str, state: str, run_id: str, **fields: object) -> LedgerEntry:
@@ -64,3 +69,28 @@ async def test_a_killed_runs_report_comes_from_its_manifest_and_ledger(tmp_path:
     written = (tmp_path / "r" / run_file_name(run_id)).stat().st_mtime_ns
     await cancel_outstanding_requests(None, run, None)
     assert (tmp_path / "r" / run_file_name(run_id)).stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "kept"),
+    [
+        ("submitted", None, CancelReason.run_cancelled),  # the hook sends the run's cancel
+        ("cancel_requested", CancelReason.interrupted, CancelReason.interrupted),  # the stopping run sent it first
+        ("cancel_requested", CancelReason.timeout, CancelReason.timeout),  # it had timed out before the run stopped
+    ],
+    ids=["hook-cancels", "interrupted-unacknowledged", "timeout-unacknowledged"],
+)
+async def test_the_hook_records_why_each_request_was_cancelled(
+    tmp_path: Path, state: str, reason: CancelReason | None, kept: CancelReason
+) -> None:
+    """A request the hook cancels is `run_cancelled`; one the run had already asked to cancel keeps its reason, so
+    the next run resubmits only what an interruption (not a timeout or a cancelled run) stopped."""
+    fal = ScriptedFal([Req()], tmp_path / "unused.mp4")
+    await fal.submit_once({"prompt": "p"})
+    entry = _entry("a", state, "run", request_id="req-1", cancel_reason=reason)
+    with RequestLedger(tmp_path / "requests", namespace="simulator") as ledger:
+        ledger.put(entry)
+        await _cancel(entry, fal, ledger, logging.getLogger("test"))
+        after = ledger.get(entry.job_key)
+    assert after is not None and (after.state, after.cancel_reason) == (JobState.cancelled, kept)
+    assert (fal.count("cancel"), sum(fal.bills.values())) == (1, 0)
