@@ -140,12 +140,19 @@ class Stack:
 
 
 @contextlib.contextmanager
-def stack(root: Path, *, jobs: int, concurrency: int, time_scale: float = 1.0) -> Iterator[Stack]:
-    """A simulator with fal's two requests at a time per key, a manifest of `jobs` 3 s clips, and the local
+def stack(
+    root: Path, *, jobs: int, concurrency: int, time_scale: float = 1.0, distinct: bool = False
+) -> Iterator[Stack]:
+    """A simulator with fal's two requests at a time per key, a manifest of `jobs` 3 s clips (`distinct`: one
+    clip per job, so later rows are still being transcoded when the first ones are at fal), and the local
     Prefect server running; the server is stopped at the end."""
-    clip = make_clip(root / "clip.mp4", seconds=3, width=640, height=360)
+    count = jobs if distinct else 1
+    clips = [make_clip(root / f"clip{i}.mp4", seconds=3 + i % 3, width=640, height=360) for i in range(count)]
     manifest = root / "manifest.jsonl"
-    rows = [{"id": f"job{i:02d}", "prompt": f"Edit number {i} of @Video1", "video": str(clip)} for i in range(jobs)]
+    rows = [
+        {"id": f"job{i:02d}", "prompt": f"Edit number {i} of @Video1", "video": str(clips[i % count])}
+        for i in range(jobs)
+    ]
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = SimulatorConfig(state_dir=root / "sim", time_scale=time_scale, concurrency_per_key=2, log_interval_s=0.5)
     with Simulator(config) as sim:
@@ -291,7 +298,9 @@ SCENARIOS: dict[str, Callable[[Stack], Outcome]] = {
 
 
 def run_scenario(name: str, root: Path, *, jobs: int, concurrency: int, time_scale: float = 1.0) -> Outcome:
-    with stack(root, jobs=jobs, concurrency=concurrency, time_scale=time_scale) as st:
+    """One scenario on a stack of its own (signal scenarios with a clip per job: a stop lands mid-transcode)."""
+    distinct = name != "server-killed"
+    with stack(root, jobs=jobs, concurrency=concurrency, time_scale=time_scale, distinct=distinct) as st:
         return SCENARIOS[name](st)
 
 
