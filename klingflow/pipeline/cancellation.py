@@ -26,6 +26,7 @@ from klingflow.errors import FalError, KlingflowError
 from klingflow.fal.api import FalApi
 from klingflow.fal.backend import choose_backend, resolve_fal_key
 from klingflow.fal.outcomes import Done, Failure, Output, Result
+from klingflow.fal.pricing import UnitPrice, resolve_price
 from klingflow.ledger.decide import JobState
 from klingflow.ledger.meaning import CancelReason, billed
 from klingflow.ledger.store import LedgerEntry, RequestLedger
@@ -60,8 +61,9 @@ async def cancel_outstanding_requests(flow: Any, flow_run: Any, state: Any) -> N
         ]
         if at_fal:
             async with open_backend(params, kind, key, logger) as fal:
+                price = await resolve_price(fal, Path(params.state_dir).expanduser() / "pricing", logger)
                 for entry in at_fal:
-                    await _cancel(entry, fal, ledger, logger)
+                    await _cancel(entry, fal, ledger, price, logger)
         mine = [e for e in ledger.entries() if e.run_id == run_id]
         _log_billed(mine, logger)
         _report_if_missing(params, flow_run, kind, mine, ledger, logger)
@@ -98,7 +100,7 @@ def _report_if_missing(
     logger.info("cancelled run: report %s (from the manifest and the request ledger)", parquet)
 
 
-async def _cancel(entry: LedgerEntry, fal: FalApi, ledger: RequestLedger, logger: Logger) -> None:
+async def _cancel(entry: LedgerEntry, fal: FalApi, ledger: RequestLedger, price: UnitPrice, logger: Logger) -> None:
     """Cancel (unless fal already acknowledged the run's cancel) and record what fal answers; unconfirmed
     stays resumable."""
     asked_here = entry.state is JobState.submitted or entry.cancel_requested_at is None
@@ -132,7 +134,7 @@ async def _cancel(entry: LedgerEntry, fal: FalApi, ledger: RequestLedger, logger
             state=JobState.completed,
             output_url=result.video_url,
             report_pending=True,
-            **bill_fields(result.billable_units, None),
+            **bill_fields(result.billable_units, None, price),
         )
         logger.warning(
             "request %s of job %s completed before the cancel took effect; it is billed and the next run collects it",

@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 from prefect.client.schemas.objects import FlowRun
 
+from klingflow.fal.outcomes import CancelReply, Done
+from klingflow.fal.pricing import LIST_PRICE
 from klingflow.ledger.decide import JobState
 from klingflow.ledger.meaning import CancelReason
 from klingflow.ledger.store import LedgerEntry, RequestLedger
@@ -90,7 +92,21 @@ async def test_the_hook_records_why_each_request_was_cancelled(
     entry = _entry("a", state, "run", request_id="req-1", cancel_reason=reason)
     with RequestLedger(tmp_path / "requests", namespace="simulator") as ledger:
         ledger.put(entry)
-        await _cancel(entry, fal, ledger, logging.getLogger("test"))
+        await _cancel(entry, fal, ledger, LIST_PRICE, logging.getLogger("test"))
         after = ledger.get(entry.job_key)
     assert after is not None and (after.state, after.cancel_reason) == (JobState.cancelled, kept)
     assert (fal.count("cancel"), sum(fal.bills.values())) == (1, 0)
+
+
+async def test_a_request_that_completes_before_the_hooks_cancel_is_recorded_with_its_bill(tmp_path: Path) -> None:
+    """fal answers ALREADY_COMPLETED: the entry is `completed`, billed at the run's price and owed to a report,
+    so the next run downloads it and reports the bill (the hook used to fail here for want of a price)."""
+    fal = ScriptedFal([Req(statuses=(Done(),), cancel=CancelReply.already_completed)], tmp_path / "unused.mp4")
+    await fal.submit_once({"prompt": "p"})
+    entry = _entry("a", "submitted", "run", request_id="req-1")
+    with RequestLedger(tmp_path / "requests", namespace="simulator") as ledger:
+        ledger.put(entry)
+        await _cancel(entry, fal, ledger, LIST_PRICE, logging.getLogger("test"))
+        after = ledger.get(entry.job_key)
+    assert after is not None and after.state is JobState.completed and after.report_pending
+    assert after.cost_usd == LIST_PRICE.cost(3.0) and after.output_url
