@@ -80,7 +80,7 @@ class LedgerSchemaError(KlingflowError):
 
 class LedgerUnavailable(KlingflowError):
     """The request ledger's database could not be reached, or stayed busy, for longer than a blip (a
-    restart or a dropped connection is retried first): the job stops before anything is paid or lost."""
+    restart or a dropped connection is retried first): the job stops; the next run settles what it sent."""
 
 
 class LedgerDamaged(KlingflowError):
