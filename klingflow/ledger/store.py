@@ -185,10 +185,14 @@ class RequestLedger:
                 if not is_blip(exc):
                     raise
                 if time.monotonic() + delay > deadline:
+                    todo = (
+                        "another process holds its write lock: find the stuck one"
+                        if self.is_sqlite
+                        else f"check that it is running and reachable ({schema.DATABASE_URL_ENV})"
+                    )
                     raise LedgerUnavailable(
                         f"the request ledger's database {self.where} did not answer for {self.retry_s:.0f} s "
-                        f"({_first_line(exc)}): check that it is running and reachable ({schema.DATABASE_URL_ENV}), "
-                        "then run again; nothing paid is lost, the ledger and fal keep it"
+                        f"({_first_line(exc)}): {todo}, then run again; what was sent is settled by the next run"
                     ) from exc
                 log.warning("request ledger %s: %s; trying again in %.2f s", self.where, _first_line(exc), delay)
                 time.sleep(delay)
