@@ -8,6 +8,9 @@ every per-job message starts with.
     ├── MediaError             a media file is unreadable or unusable
     │   └── DownloadError      a URL could not be streamed to a file
     ├── ReportSchemaError      a table does not match the report schema
+    ├── LedgerSchemaError      the request ledger was written by a newer klingflow
+    ├── LedgerUnavailable      the request ledger's database stayed unreachable through the retries
+    ├── LedgerDamaged          the request ledger's SQLite file is damaged (`klingflow ledger rebuild`)
     ├── InvalidTransition      an event that cannot happen in a job's state (a bug: never guess with money)
     └── BackendError           fal (or the simulator) cannot be reached or configured
         └── FalError           a fal call failed in a way the caller must act on
@@ -73,6 +76,20 @@ class ReportSchemaError(KlingflowError, ValueError):
 
 class LedgerSchemaError(KlingflowError):
     """The request ledger's database has a schema this klingflow cannot read (written by a newer one)."""
+
+
+class LedgerUnavailable(KlingflowError):
+    """The request ledger's database could not be reached, or stayed busy, for longer than a blip (a
+    restart or a dropped connection is retried first): the job stops; the next run settles what it sent."""
+
+
+class LedgerDamaged(KlingflowError):
+    """The request ledger's SQLite file is damaged; the message names the file and the way forward."""
+
+    def __init__(self, path: str, reason: str, *, remedy: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"the request ledger {path} is damaged ({reason}): {remedy}")
 
 
 class InvalidTransition(KlingflowError, ValueError):

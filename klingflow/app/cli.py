@@ -1,9 +1,10 @@
-"""`klingflow` command line: run a manifest, run the demo, run the simulator, read and reconcile reports.
+"""`klingflow` command line: run a manifest or the demo, run the simulator, read reports, check the ledger.
 
 Exit codes of `run` and `demo`: 0 every job succeeded (or was reused, or dry run); 1 at least one
 job failed, was cancelled or skipped by the budget; 2 the run could not start (bad manifest,
-parameters or backend); 130 stopped by SIGINT (Ctrl-C), 143 stopped by SIGTERM — in both cases after
-cancelling its requests at fal and writing the report of what finished (a second signal stops at once).
+parameters or backend, a damaged or unreachable request ledger); 130 stopped by SIGINT (Ctrl-C),
+143 stopped by SIGTERM — in both cases after cancelling its requests at fal and writing the report
+of what finished (a second signal stops at once).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     server = sub.add_parser("server", help="the local Prefect server klingflow runs when PREFECT_API_URL is not set")
     server.add_argument("action", choices=["status", "start", "stop"], help="say where it is, start it, or stop it")
+
+    ledger = sub.add_parser("ledger", help="check the request ledger, or rebuild a damaged one")
+    from klingflow.app.ledger_cli import add_arguments as add_ledger_arguments
+
+    add_ledger_arguments(ledger)
 
     setup = sub.add_parser("setup", help="prepare a Prefect server: concurrency limit, work pool, fal-key secret")
     from klingflow.app.setup import add_arguments as add_setup_arguments
@@ -277,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from klingflow.app.reconcile import run as run_reconcile
 
         return run_reconcile(args)
+    if args.command == "ledger":
+        from klingflow.app.ledger_cli import run as run_ledger
+
+        return run_ledger(args)
     if args.command == "setup":
         from klingflow.app.setup import run as run_setup
 

@@ -22,6 +22,7 @@ from klingflow import events
 from klingflow.app.local_prefect import LocalServerError, prefect_api
 from klingflow.app.terminal import logs_above
 from klingflow.errors import KlingflowError
+from klingflow.ledger.repair import ensure_opens
 from klingflow.manifest import load_manifest
 from klingflow.models import EditParams, JobRecord
 from klingflow.pipeline.stopping import signal_name, stop_on_signals
@@ -75,8 +76,9 @@ async def run_with_progress(params: EditParams, *, verbose: bool = False) -> Out
     with stop_on_signals(stopped):
         try:  # read once here too: a bad manifest fails in milliseconds, before Prefect's start-up
             total = len(load_manifest(params.manifest, logger=None))  # the run says what is wrong with it
+            ensure_opens(params.state_dir)  # a damaged or unreachable request ledger too (its error names the way on)
         except KlingflowError as exc:
-            console.print(f"[red]klingflow: {exc}[/red]")
+            console.print(f"[red]klingflow: {exc}[/red]", soft_wrap=True)  # one line, however long: a log may grep it
             return outcome
         columns = (
             TextColumn("[bold]edits"),

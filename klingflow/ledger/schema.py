@@ -9,6 +9,7 @@ new database at once create it once.
 from __future__ import annotations
 
 import json
+import shlex
 import sqlite3
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from klingflow.cachedir import open_json_cache, private_dir
 from klingflow.errors import LedgerSchemaError
 
 DATABASE_URL_ENV = "KLINGFLOW_DATABASE_URL"
+LEDGER_DIR = "requests"  # the SQLite ledger's folder in the state dir
 SQLITE_FILE = "ledger.sqlite"
 SCHEMA_VERSION = 1
 
@@ -70,6 +72,25 @@ class LedgerSettings(BaseModel):
 
 def sqlite_url(directory: str | Path) -> str:
     return f"sqlite:///{private_dir(directory) / SQLITE_FILE}"
+
+
+def ledger_file(state_dir: str | Path) -> Path:
+    """The SQLite ledger of a state dir (created by the first run that opens it)."""
+    return Path(state_dir).expanduser() / LEDGER_DIR / SQLITE_FILE
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (None for another database)."""
+    parsed = make_url(url)
+    return Path(parsed.database) if parsed.get_backend_name() == "sqlite" and parsed.database else None
+
+
+def rebuild_remedy(path: Path) -> str:
+    """What to do about a damaged SQLite ledger, as an error message says it."""
+    if path.parent.name == LEDGER_DIR:
+        command = f"klingflow ledger rebuild --state-dir {shlex.quote(str(path.parent.parent))}"
+        return f"run `{command}` (it keeps every readable entry; the next run adopts the rest from fal's history)"
+    return f"move {path} aside (the next run adopts from fal's history the work it recorded)"
 
 
 def safe_url(url: str) -> str:
