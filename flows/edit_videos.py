@@ -9,6 +9,7 @@ not succeed (or was skipped by the budget), Completed otherwise.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
 from klingflow.pipeline.resources import RunResources, open_run
 from klingflow.pipeline.rows import as_follower, as_row, as_stopped
-from klingflow.pipeline.stopping import signal_name, stop_on_signals
+from klingflow.pipeline.stopping import STOP_SIGNALS, signal_name, stop_on_signals
 from klingflow.report.artifacts import ProgressTracker, ReportPaths
 from tasks.edit import edit
 from tasks.report import report
@@ -70,7 +71,8 @@ async def edit_videos(params: EditParams) -> State:
     """Run every edit of a manifest through Kling O3 Pro (or the local simulator) and report."""
     logger = get_run_logger()
     run_id, started = str(flow_run.get_id() or uuid.uuid4()), datetime.now(UTC)
-    with stop_on_signals(lambda signum: _stopping(signum, logger)):
+    signals = (signal.SIGINT,) if deployed() else STOP_SIGNALS  # a worker's SIGTERM is Prefect's (stopping.py)
+    with stop_on_signals(lambda signum: _stopping(signum, logger), signals):
         async with open_run(params, run_id, input_policy(params), logger, slot_holder=_flow_run_id(run_id)) as run:
             keyed = await estimated_rows(run)
             estimated = await announce_estimate(keyed, run.ledger, params, run.price)
@@ -119,14 +121,18 @@ async def edit_or_report_stop(run: RunResources, started: datetime) -> list[JobR
         raise
 
 
+def deployed() -> bool:
+    """Whether this run (or its parent run) comes from a deployment, i.e. a worker runs it."""
+    context = FlowRunContext.get()
+    return bool(context and context.flow_run and context.flow_run.deployment_id) or bool(
+        flow_run.get_parent_deployment_id()
+    )
+
+
 def input_policy(params: EditParams) -> InputPolicy:
     """What the run may read (klingflow.inputs): anything from the command line; a deployment's run (or its
     subflow's) is confined to the manifest's folder and public hosts unless its parameters say otherwise."""
-    context = FlowRunContext.get()
-    deployed = bool(context and context.flow_run and context.flow_run.deployment_id) or bool(
-        flow_run.get_parent_deployment_id()
-    )
-    folder = Path(params.manifest).expanduser().resolve().parent if deployed else None
+    folder = Path(params.manifest).expanduser().resolve().parent if deployed() else None
     return InputPolicy.confined(
         params.input_roots, params.input_hosts, params.allow_private_addresses, default_root=folder
     )

@@ -6,8 +6,10 @@ wherever the event loop happens to be (measured: a traceback, exit 1, and reques
 the first signal is turned into a cancellation of the run's task, delivered where each job waits: every job
 cancels what it has at fal and leaves the ledger saying where its money stands (klingflow.pipeline.job), the
 report of what finished is written, and the handlers that were there before are back, so a second signal
-stops the process at once. A Prefect worker's cancel arrives the same way (Prefect reads its own intent
-when the cancellation reaches the engine).
+stops the process at once. In a deployment's run SIGTERM stays Prefect's: its worker cancels a run by a
+control message, then SIGTERM, and the run acknowledges the message only while Prefect's own handler is
+installed (the flow reports what finished when Prefect's TerminationSignal reaches it, and the
+on_cancellation hook covers the rest, klingflow.pipeline.cancellation).
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """For the block: the first SIGINT or SIGTERM calls `on_signal(signum)` on the event loop and cancels the
+def stop_on_signals(
+    on_signal: Callable[[int], None], signals: tuple[signal.Signals, ...] = STOP_SIGNALS
+) -> Iterator[None]:
+    """For the block: the first of `signals` calls `on_signal(signum)` on the event loop and cancels the
     current task; the handlers that were there before take any later one. Outside the main thread (where
     Python delivers signals) it changes nothing. The previous handlers are back when the block ends."""
     task = asyncio.current_task()
@@ -34,7 +38,7 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
         return
     loop = asyncio.get_running_loop()
     context = contextvars.copy_context()  # the block's (Prefect's settings and run): not the interrupted code's
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    previous = {sig: signal.getsignal(sig) for sig in signals}
 
     def restore() -> None:
         for sig, handler in previous.items():
@@ -46,7 +50,7 @@ def stop_on_signals(on_signal: Callable[[int], None]) -> Iterator[None]:
         task.cancel()
         loop.call_soon_threadsafe(on_signal, signum, context=context)  # logging is unsafe in a signal handler
 
-    for sig in STOP_SIGNALS:
+    for sig in signals:
         signal.signal(sig, first)
     try:
         yield
