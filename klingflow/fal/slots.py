@@ -13,9 +13,10 @@ The limit must exist (`ensure_global_limit`): a missing limit is an error, never
 waiting for the GCL says so every `WAIT_LOG_S` seconds, with the limit and who holds its slots.
 
 Every call goes through the run's `PrefectLink` (klingflow.orchestrator), so none waits out Prefect's
-client retries on a dead server: a slot for a new request is refused once the server has not answered for
-`DOWN_PATIENCE_S` (nothing is sent to fal without the cross-run cap), slots already held keep their
-requests going, and giving the leases back at the end is concurrent and bounded by `RELEASE_ALL_S`.
+client retries on a dead server: the leases this run already holds keep serving its jobs (one at a time
+each, as before), a job that needs a new lease gets SlotError once the server has not answered for
+`DOWN_PATIENCE_S` (nothing is sent to fal beyond the cap the run had), and giving the leases back at the
+end is concurrent and bounded by `RELEASE_ALL_S`.
 """
 
 from __future__ import annotations
