@@ -74,8 +74,8 @@ def test_the_ui_is_told_the_servers_own_api_url(api_url: str) -> None:
 def test_a_finished_run_page_shows_its_name_and_how_many_jobs_succeeded(
     home: Path, api_url: str, tmp_path: Path, make_simulator
 ) -> None:
-    """A `klingflow run` where 1 of 3 jobs fails: its page in the local UI names the run and says "2/3"
-    succeeded, with no "Can't connect"."""
+    """A `klingflow run` where 1 of 3 jobs fails (exit 1): its page in the local UI names the run and says
+    "2/3 succeeded", with no "Can't connect"."""
     chromium = _chromium()
     make_simulator(faults=FaultConfig(fail_prompts_containing=["FAIL"]))
     clip = make_clip(tmp_path / "clip.mp4", seconds=3, width=1280, height=720)
@@ -95,3 +95,4 @@ def test_a_finished_run_page_shows_its_name_and_how_many_jobs_succeeded(
     dom = _dump_dom(chromium, f"{api_url.removesuffix('/api')}/runs/flow-run/{run['id']}")
     assert "Can't connect" not in dom and "Can&#39;t connect" not in dom, dom[-3000:]
     assert "ui-check-batch" in dom
+    assert "2/3 succeeded" in dom, dom[-3000:]  # the state's name, in the page's header
