@@ -175,7 +175,8 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
         f"| success rate | {rate} |",
         f"| total cost (billed) | {format_usd(t.cost_usd)} |",
         f"| estimated cost | {format_usd(t.estimated_cost_usd)} |",
-        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} over {t.estimate_delta_jobs} job(s) sent to fal"
+        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} over {t.estimate_delta_jobs} job(s)"
+        + ", not counting reused or dry-run rows"
         + (f"; {t.budget_skipped} budget-skipped left out |" if t.budget_skipped else " |"),
         f"| billed / estimated seconds | {t.billed_seconds:,.0f} / {t.estimated_seconds:,.0f} |",
     ]
