@@ -2,8 +2,11 @@
 
 Each job moves through the stages on its own (klingflow.pipeline.intake, tasks/edit.py,
 klingflow.pipeline.job): it goes to fal as soon as its own inputs are ready; a failing job
-becomes a report row with its error and never stops the others. The flow ends Failed when any job did
-not succeed (or was skipped by the budget), Completed otherwise.
+becomes a report row with its error and never stops the others. How the flow run ends (`final_state`):
+Completed when every job succeeded; when some failed (or were skipped by the budget) and some succeeded,
+Completed under the name "N/M succeeded" (the count shows on the run's page and in the runs list), unless
+the run's `fail_run_on_job_failure` is set, then Failed; Failed when no job succeeded. The message always
+says "N/M job(s) succeeded, $X billed"; the CLI exits 1 whenever a job failed.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ async def edit_videos(params: EditParams) -> State:
             events.run_notice(events.RunNotice(summary=summary, orchestrator_down=run.link.is_down))
     message = f"{summary.succeeded}/{summary.jobs} job(s) succeeded, ${summary.cost_usd:.2f} billed"
     logger.info("%s; report %s", message, summary.report_path)
-    return Completed(message=message, data=summary) if summary.all_succeeded else Failed(message=message, data=summary)
+    return final_state(summary, message, fail_on_job_failure=params.fail_run_on_job_failure)
 
 
 def _stopping(signum: int, logger: Logger) -> None:
@@ -287,3 +290,12 @@ def summarize(run_id: str, jobs: list[JobRecord], estimated: float, paths: Repor
         html_path=str(paths.html_path) if paths.html_path else None,
         statuses={j.job_id: j.status.value for j in jobs},
     )
+
+
+def final_state(summary: RunSummary, message: str, *, fail_on_job_failure: bool) -> State:
+    """The flow run's end (see the module docstring): a partly successful batch is Completed, named by its count."""
+    if summary.all_succeeded:
+        return Completed(message=message, data=summary)
+    if fail_on_job_failure or summary.succeeded == 0:
+        return Failed(message=message, data=summary)
+    return Completed(name=f"{summary.succeeded}/{summary.jobs} succeeded", message=message, data=summary)

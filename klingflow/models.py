@@ -99,6 +99,12 @@ class EditParams(BaseModel):
     force: bool = Field(
         False, description="Re-run jobs that already have a successful result", title="Pay again for finished jobs"
     )
+    fail_run_on_job_failure: bool = Field(
+        False,
+        description="End the run Failed when any job fails; otherwise a run where some jobs succeeded ends "
+        "Completed, named by its count (e.g. 3/4 succeeded)",
+        title="Fail the run when any job fails",
+    )
     job_timeout_s: float = Field(
         3600.0, gt=0, description="Per job, from submission; then the request is cancelled", title="Job timeout (s)"
     )

@@ -98,6 +98,7 @@ RUN_OPTIONS: dict[str, str] = {
     "--max-budget": "max_budget_usd",
     "--dry-run": "dry_run",
     "--force": "force",
+    "--fail-on-job-failure": "fail_run_on_job_failure",
     "--concurrency-limit": "concurrency_limit",
     "--time-scale": "simulator_time_scale",
     "--settle-window": "settle_window_s",

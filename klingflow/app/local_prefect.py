@@ -94,8 +94,14 @@ class LocalServer:
             "PREFECT_HOME": str(self.root / "home"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(LEASE_REAP_EVERY_S),
+            # the UI asks `/ui-settings` where its API is; without these it is told 127.0.0.1:4200 (Prefect's
+            # default port, not this server's) and shows "Can't connect to Server API"
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_UI_API_URL": url,
         }
         env.pop("PREFECT_API_URL", None)
+        env.pop("PREFECT_SERVER_UI_API_URL", None)  # an alias of PREFECT_UI_API_URL that would win over it
         command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(

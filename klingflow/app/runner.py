@@ -170,7 +170,7 @@ def print_summary(summary: RunSummary) -> None:
             row["job_id"],
             f"[{colour}]{row['status']}[/{colour}]",
             "" if cost is None else f"${cost:.2f}",
-            textwrap.shorten(row["error"] or "", ERROR_WIDTH, placeholder=" …"),
+            textwrap.shorten(row["error"] or row["warning"] or "", ERROR_WIDTH, placeholder=" …"),
         )
     Console(file=sys.stdout).print(table)
     if dry_run:

@@ -110,13 +110,14 @@ def _duration_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[float, float |
         if opts.too_long is TooLongPolicy.reject:
             raise MediaError(
                 f"clip is {dur:.2f} s; the endpoint takes {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s "
-                "(too_long=reject; use too_long=trim to cut it at 10 s)"
+                "(too_long=reject; to cut it at 10 s use `--too-long trim`, or the parameter too_long=trim)"
             )
         return MAX_DURATION_S, MAX_DURATION_S, None, ["trim"]
     if opts.too_short is TooShortPolicy.reject:
         raise MediaError(
             f"clip is {dur:.2f} s; the endpoint takes {MIN_DURATION_S:g}-{MAX_DURATION_S:g} s "
-            "(too_short=reject; use too_short=pad to freeze the last frame up to 3 s)"
+            "(too_short=reject; to freeze its last frame up to 3 s use `--too-short pad`, or the parameter "
+            "too_short=pad)"
         )
     return MIN_DURATION_S, None, MIN_DURATION_S, ["freeze_pad"]
 
@@ -129,7 +130,8 @@ def _size_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[tuple[int, int] | 
         if opts.extreme_aspect is AspectPolicy.reject:
             raise MediaError(
                 f"aspect ratio {w}x{h} is beyond 3:1, so both sides cannot be {MIN_SIDE_PX}-{MAX_SIDE_PX} px "
-                "(extreme_aspect=reject; use extreme_aspect=pad to add black bars)"
+                "(extreme_aspect=reject; to add black bars use `--extreme-aspect pad`, or the parameter "
+                "extreme_aspect=pad)"
             )
         pic, box = letterbox(w, h)
         return pic, box, ["scale", "pad"] if pic != (w, h) else ["pad"]

@@ -109,9 +109,21 @@ def _cell(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
+def row_warning(rec: dict[str, Any]) -> str | None:
+    """What a row says beside its status, from its report columns: a trimmed clip (preprocess_actions) had only
+    its first seconds edited."""
+    actions = rec.get("preprocess_actions")
+    if not pd.api.types.is_list_like(actions) or "trim" not in list(actions):
+        return None
+    source, edited = _cell(rec.get("source_duration_s")), _cell(rec.get("input_duration_s"))
+    if source is None or edited is None:
+        return "trimmed: only the start of the clip was edited"
+    return f"trimmed: only the first {edited:.1f} s of the {source:.1f} s clip was edited"
+
+
 def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """One artifact row per job: identity, then status and error (first, so the UI's table shows them without
-    scrolling), money, timing and where the output is."""
+    """One artifact row per job: identity, then status, error and warning (first, so the UI's table shows them
+    without scrolling), money, timing and where the output is."""
     columns = [
         "row",
         "job_id",
@@ -130,8 +142,9 @@ def job_table(df: pd.DataFrame) -> list[dict[str, Any]]:
         "output_path",
     ]
     rows = []
-    for rec in df[columns].to_dict("records"):
-        row = {c: _cell(rec[c]) for c in columns}
+    for rec in df.to_dict("records"):
+        row = {c: _cell(rec[c]) for c in columns[:5]} | {"warning": row_warning(rec)}
+        row |= {c: _cell(rec[c]) for c in columns[5:]}
         if row["prompt"] and len(row["prompt"]) > _PROMPT_CHARS:
             row["prompt"] = row["prompt"][: _PROMPT_CHARS - 1] + "…"
         rows.append(row)
@@ -162,7 +175,8 @@ def summary_markdown(summary: Summary, *, run_id: str, parquet: Path, html: Path
         f"| success rate | {rate} |",
         f"| total cost (billed) | {format_usd(t.cost_usd)} |",
         f"| estimated cost | {format_usd(t.estimated_cost_usd)} |",
-        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} over {t.estimate_delta_jobs} job(s) sent to fal"
+        f"| billed - estimated | {format_usd(t.estimate_delta_usd)} over {t.estimate_delta_jobs} job(s)"
+        + ", not counting reused or dry-run rows"
         + (f"; {t.budget_skipped} budget-skipped left out |" if t.budget_skipped else " |"),
         f"| billed / estimated seconds | {t.billed_seconds:,.0f} / {t.estimated_seconds:,.0f} |",
     ]

@@ -577,7 +577,7 @@ def test_a_deployment_run_reads_only_its_manifests_folder_and_public_hosts(stack
     run_id = _trigger(stack, _deployment(stack, "edit_videos/edit-videos-adhoc")["id"], params)
 
     state = _wait_finished(stack, [run_id])[run_id]["state"]
-    assert state["type"] == "FAILED", f"{state}\n{stack.logs()}"
+    assert (state["type"], state["name"]) == ("COMPLETED", "1/3 succeeded"), f"{state}\n{stack.logs()}"
     report = pd.read_parquet(stack.root / "reports-confined").set_index("job_id")
     assert report["status"].to_dict() == {"inside": "succeeded", "climb": "failed", "loopback": "failed"}
     assert "elsewhere/clip.mp4 is outside the allowed input folders" in report.loc["climb", "error"]

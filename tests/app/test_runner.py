@@ -65,3 +65,15 @@ def test_a_dry_run_ends_with_its_estimate(tmp_path: Path, capsys: pytest.Capture
     out = capsys.readouterr().out
     assert "dry run: 2/3 job(s) ready, 1 failed, estimate $2.02; nothing was submitted" in out
     assert "┃ estimate" in out and "┃ cost" not in out and "succeeded" not in out and "billed" not in out
+
+
+def test_a_trimmed_clip_that_succeeded_says_so_in_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 12 s clip trimmed to 10 s is "succeeded" with a warning that only its first 10 s was edited."""
+    trimmed = _row(1, "long", "succeeded", 3.36) | {
+        "preprocess_actions": ["trim"],
+        "source_duration_s": 12.0,
+        "input_duration_s": 10.0,
+    }
+    print_summary(_summary(tmp_path, [trimmed, _row(2, "short", "succeeded", 1.01)], cost=4.37))
+    out = " ".join(capsys.readouterr().out.split())
+    assert "trimmed: only the first 10.0 s of the 12.0 s clip was edited" in out.replace("│ ", "")

@@ -52,7 +52,7 @@ async def test_batch_with_a_failing_job_reports_every_row_and_matches_the_ledger
     state, summary = await run_flow(fast_params(tmp_path, manifest))
 
     assert (current_urls(), os.environ.get("NO_PROXY")) == before  # fal_client is pointed back where it was
-    assert state == "FAILED"
+    assert state == "COMPLETED"  # 2/4 succeeded: the run is named by its count (test_the_run_ends_...)
     assert summary.statuses == {"ok-a": "succeeded", "ok-b": "succeeded", "boom": "failed", "missing": "failed"}
     report = pd.read_parquet(tmp_path / "reports").set_index("job_id")
     assert "nope.mp4" in report.loc["missing", "error"] and "row 4" in report.loc["missing", "error"]
@@ -127,7 +127,7 @@ async def test_a_trickling_input_url_delays_only_its_own_job(tmp_path: Path, sim
         rows.append(f"q2,Another edit @Video1,{clips['b']},,false")
         params = fast_params(tmp_path, _manifest(tmp_path, rows), estimate_wait_s=0.5, input_fetch_timeout_s=8)
         state, summary = await run_flow(params)
-    assert state == "FAILED" and summary.statuses == {"slow": "failed", "q1": "succeeded", "q2": "succeeded"}
+    assert state == "COMPLETED" and summary.statuses == {"slow": "failed", "q1": "succeeded", "q2": "succeeded"}
     report = pd.read_parquet(summary.report_path).set_index("job_id")
     assert "download failed: not complete after 8 s" in report.loc["slow", "error"]
     started = report["run_started_at"].iloc[0]

@@ -93,10 +93,12 @@ def test_over_limit_file_that_fits_after_trim_is_only_remuxed() -> None:
 
 
 def test_rejections_carry_the_policy_to_change() -> None:
-    """Reject policies raise MediaError naming the policy switch."""
-    with pytest.raises(MediaError, match="too_long=reject"):
+    """Reject policies raise MediaError naming the policy switch, as the CLI flag and as the parameter."""
+    with pytest.raises(MediaError, match=r"too_long=reject.*`--too-long trim`.*too_long=trim"):
         plan_video(probe(duration_s=11.0), PlanOptions(too_long=TooLongPolicy.reject))
-    with pytest.raises(MediaError, match="extreme_aspect=reject"):
+    with pytest.raises(MediaError, match="`--too-short pad`"):
+        plan_video(probe(duration_s=2.0), PlanOptions())
+    with pytest.raises(MediaError, match=r"extreme_aspect=reject.*`--extreme-aspect pad`"):
         plan_video(probe(width=3000, height=720), PlanOptions())
     plan = plan_video(probe(width=3000, height=720), PlanOptions(extreme_aspect=AspectPolicy.pad))
     assert (plan.scale, plan.box) == ((2160, 518), (2160, 720))

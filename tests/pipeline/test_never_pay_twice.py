@@ -54,7 +54,7 @@ async def test_budget_cap_is_never_exceeded(tmp_path: Path, simulator, clip: Pat
     """With a $2.50 cap and $1.01 jobs, two are submitted and the rest are skipped_budget."""
     manifest = _manifest(tmp_path, clip, [f"Budget {i} @Video1" for i in range(4)])
     state, summary = await run_flow(fast_params(tmp_path, manifest, max_budget_usd=2.5, max_concurrency=4))
-    assert state == "FAILED"
+    assert state == "COMPLETED"  # 2/4 succeeded
     assert sorted(summary.statuses.values()) == ["skipped_budget", "skipped_budget", "succeeded", "succeeded"]
     assert sum(float(e.cost_usd) for e in simulator.ledger()) <= 2.5
     assert len(simulator.ledger()) == 2

@@ -188,8 +188,19 @@ def test_billed_minus_estimated_leaves_budget_skipped_jobs_out(tmp_path: Path) -
     assert totals.budget_skipped == 1 and totals.estimated_cost_usd > totals.cost_usd
     html = render_html(df, title="r1", thumbnails=False)
     card = html.split('id="estimate-delta"', 1)[1].split("</div></div>", 1)[0]
-    assert '<div class="value">$0.00</div>' in card and "over 1 job(s) sent to fal; 1 budget-skipped left out" in card
-    assert "Billed minus estimated cost over the jobs sent to fal" in html
+    assert '<div class="value">$0.00</div>' in card
+    assert "over 1 job(s), not counting reused or dry-run rows; 1 budget-skipped left out" in card
+    assert "sent to fal" not in html  # the budget-skipped job was not, nor is a job that failed before submission
+
+
+def test_a_reused_row_says_reused_once(tmp_path: Path) -> None:
+    """A row paid for by an earlier run shows "(reused)", not "(reused, reused)"."""
+    from klingflow.models import CostSource
+
+    row = succeeded("again", 1).model_copy(update={"reused": True, "cost_source": CostSource.reused, "cost_usd": 0.0})
+    write_run(tmp_path, "r1", [row])
+    html = render_html(read_history(tmp_path), title="r1", thumbnails=False)
+    assert "(reused)" in html and "(reused, reused)" not in html
 
 
 def test_single_run_page_names_the_run_and_manifest(tmp_path: Path) -> None:

@@ -226,7 +226,21 @@ def test_the_jobs_table_puts_status_and_error_first(tmp_path: Path) -> None:
 
     three_run_history(tmp_path)
     (first, *_) = job_table(read_history(tmp_path))
-    assert list(first)[:5] == ["row", "job_id", "status", "error_stage", "error"]
+    assert list(first)[:6] == ["row", "job_id", "status", "error_stage", "error", "warning"]
+
+
+def test_the_jobs_table_warns_of_a_trimmed_clip(tmp_path: Path) -> None:
+    """A succeeded row whose clip was trimmed carries a warning (from preprocess_actions); others carry none."""
+    from klingflow.report.artifacts import job_table
+
+    whole = succeeded("whole", 1)
+    long = succeeded("long", 2)
+    long = long.model_copy(update={"preprocess_actions": ["trim"], "input_duration_s": 10.0})
+    write_run(tmp_path / "reports", "r1", [whole, long])
+    rows = {row["job_id"]: row for row in job_table(read_history(tmp_path / "reports"))}
+    assert rows["whole"]["warning"] is None
+    source = rows["long"]["warning"]
+    assert source is not None and source.startswith("trimmed: only the first 10.0 s of the ") and "edited" in source
 
 
 def test_schema_v3_names_the_run_and_its_manifest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

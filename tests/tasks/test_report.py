@@ -95,7 +95,7 @@ def test_report_task_writes_files_and_artifacts(tmp_path: Path) -> None:
         "| failed | 1 |",
         "| total cost (billed) | $1.68 |",
         "| estimated cost | $3.02 |",
-        "| billed - estimated | -$1.34 over 2 job(s) sent to fal |",
+        "| billed - estimated | -$1.34 over 2 job(s), not counting reused or dry-run rows |",  # 1 was sent to fal
         "| total_s |",
         "HTTP 422: video too short",
     ):
