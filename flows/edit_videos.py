@@ -44,6 +44,7 @@ from klingflow.pipeline.cancellation import cancel_outstanding_requests
 from klingflow.pipeline.estimate import estimate
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
+from klingflow.pipeline.peers import Admission, watched_history
 from klingflow.pipeline.rows import as_follower, as_row, as_stopped
 from klingflow.report.artifacts import ProgressTracker, ReportPaths
 from tasks.edit import edit
@@ -87,7 +88,13 @@ async def edit_videos(params: EditParams) -> State:
             Intake(jobs, PreprocessSettings.from_params(params, inputs), logger) as intake,
             _backend(params, kind, key, logger) as fal,
         ):
-            recent = RecentRequests(fal, logger).prefetch() if fal else None  # read while inputs are prepared
+            # read while inputs are prepared; read again before each new submit (another machine on this key)
+            recent = None
+            if fal is not None:
+                # rows another run may have sent that fal does not list yet: its admitted jobs, and then some
+                ahead = ADMIT_PER_SLOT * params.max_concurrency + 2
+                recent = watched_history(fal, ledger, logger, start_margin_s=params.job_timeout_s, contest_rows=ahead)
+                recent.expect(intake.jobs).prefetch()
             price = await _price(fal, params, kind, key, logger)
             seen = await intake.settled(params.estimate_wait_s if fal else None)
             keyed = [price.estimated(with_job_key(job, params.endpoint)) if job else None for job in seen]
@@ -245,7 +252,8 @@ async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord]) -
             ctx.params.job_task_runs_max,
         )
     leaders: dict[str, asyncio.Future[JobRecord]] = {}
-    admission = asyncio.Semaphore(ADMIT_PER_SLOT * ctx.params.max_concurrency)
+    # the manifest's order; from its end when another run on this key started first (klingflow.pipeline.peers)
+    admission = Admission(ADMIT_PER_SLOT * ctx.params.max_concurrency, lambda: ctx.recent.reverse)
 
     async def one(index: int) -> JobRecord:
         done = latest[index]
@@ -257,7 +265,7 @@ async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord]) -
             elif job.ok and job.job_key:
                 leaders[job.job_key] = result = asyncio.get_running_loop().create_future()
                 try:  # the leader runs in this task, so a cancelled run waits for its cancels at fal
-                    async with admission:
+                    async with admission.turn(index):
                         done = await _edit_one(job, ctx, task_run=task_runs)
                 except Exception as exc:
                     result.set_exception(exc)
