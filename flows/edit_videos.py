@@ -40,14 +40,14 @@ from klingflow.pipeline.cancellation import cancel_outstanding_requests
 from klingflow.pipeline.estimate import estimate
 from klingflow.pipeline.intake import Intake
 from klingflow.pipeline.job import PollSettings, RunContext
-from klingflow.pipeline.resources import RunResources, open_run
+from klingflow.pipeline.peers import Admission
+from klingflow.pipeline.resources import ADMIT_PER_SLOT, RunResources, open_run
 from klingflow.pipeline.rows import as_follower, as_row, as_stopped
 from klingflow.pipeline.stopping import STOP_SIGNALS, signal_name, stop_on_signals
 from klingflow.report.artifacts import ProgressTracker, ReportPaths
 from tasks.edit import edit
 from tasks.report import report
 
-ADMIT_PER_SLOT = 2  # jobs in progress per request slot: one at fal, one uploading or downloading
 STOPPED_REPORT_S = 20.0  # a stopped run's report must be written well within the worker's 30 s kill grace
 
 
@@ -227,7 +227,8 @@ async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord], l
             ctx.params.job_task_runs_max,
         )
     leaders: dict[str, asyncio.Future[JobRecord]] = {}
-    admission = asyncio.Semaphore(ADMIT_PER_SLOT * ctx.params.max_concurrency)
+    # the manifest's order; from its end when another run on this key started first (klingflow.pipeline.peers)
+    admission = Admission(ADMIT_PER_SLOT * ctx.params.max_concurrency, lambda: ctx.recent.reverse)
 
     async def one(index: int) -> JobRecord:
         done = latest[index]
@@ -239,7 +240,7 @@ async def _edit_each(intake: Intake, ctx: RunContext, latest: list[JobRecord], l
             elif job.ok and job.job_key:
                 leaders[job.job_key] = result = asyncio.get_running_loop().create_future()
                 try:  # the leader runs in this task, so a cancelled run waits for its cancels at fal
-                    async with admission:
+                    async with admission.turn(index):
                         done = await _edit_one(job, ctx, task_run=task_runs)
                 except Exception as exc:
                     result.set_exception(exc)

@@ -1,15 +1,17 @@
 """`klingflow reconcile [REPORT_DIR]`: the reports beside fal's own bill (its billing events).
 
 For the chosen runs it reads, with an admin key, the billing events of every request a report row
-pays, and of every request sent with the run's tag (`klingflow.run=<run id>`, so a duplicate or orphan
-klingflow never learnt the id of is found too); writes the reconciliation as parquet under
-`REPORT_DIR/_reconciliation/`; rewrites the runs' reports so billed rows carry fal's charge
-(`cost_source = billing_event`); and prints the totals per run and per day and every problem.
+pays, of every request sent with the run's tag (`klingflow.run=<run id>`, so a duplicate or orphan
+klingflow never learnt the id of is found too), and of every request sent with the tag of one of
+the runs' jobs (`klingflow.job=<job key prefix>`: a job another state dir or machine paid for too);
+writes the reconciliation as parquet under `REPORT_DIR/_reconciliation/`; rewrites the runs' reports
+so billed rows carry fal's charge (`cost_source = billing_event`); and prints the totals per run and
+per day, every problem, and every job fal billed more than once ("Duplicates", by job key).
 
-Exit status: 0 when every charge matches to the cent; 1 on a difference, an unexpected charge or a
-cost fal has not billed (yet); 2 when it cannot reconcile (no runs, no admin key, fal unreachable).
-Needs no Prefect server. The admin key is read from the Prefect Secret block `fal-admin-key` (with
-PREFECT_API_URL set) or FAL_ADMIN_KEY, and is never printed.
+Exit status: 0 when every charge matches to the cent; 1 on a difference, an unexpected charge, a
+cost fal has not billed (yet) or a job billed twice; 2 when it cannot reconcile (no runs, no admin
+key, fal unreachable). Needs no Prefect server. The admin key is read from the Prefect Secret block
+`fal-admin-key` (with PREFECT_API_URL set) or FAL_ADMIN_KEY, and is never printed.
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from klingflow.errors import BackendError, FalError, FalRejected
 from klingflow.fal.backend import admin_key_for, resolve_admin_key
 from klingflow.fal.outcomes import BillingEvent
 from klingflow.fal.queue import FalQueue, Target
-from klingflow.fal.submit import TAG_RUN
+from klingflow.fal.submit import JOB_TAG_CHARS, TAG_JOB, TAG_RUN
 from klingflow.models import Backend, default_state_dir
 from klingflow.pipeline.backend import simulator_url
 from klingflow.report.reconcile import (
     Charge,
+    Duplicate,
     apply_to_reports,
     charges_table,
+    duplicates,
     paying_rows,
     problems,
     reconcile,
@@ -53,6 +57,7 @@ from klingflow.report.writer import read_history
 EXIT_OK, EXIT_DIFFERENCES, EXIT_CANNOT = 0, 1, 2
 WINDOW_MARGIN = timedelta(hours=1)  # before a run's start: clocks differ
 MAX_WINDOW = timedelta(days=90)  # fal's billing events take windows of at most 90 days
+JOB_TAG_READS = 8  # billing-event reads by job tag at once (one per job key and window)
 log = logging.getLogger("klingflow.reconcile")
 
 
@@ -89,15 +94,15 @@ async def reconcile_runs(args: argparse.Namespace) -> int:
     if chosen.empty:
         return _cannot(f"no runs to reconcile in {report_dir}")
     try:
-        charges = await _charges(chosen, args.state_dir or default_state_dir())
+        charges, twice = await _charges(chosen, args.state_dir or default_state_dir())
     except (BackendError, OSError) as exc:
         return _cannot(str(exc))
     reconciled_at = datetime.now(UTC)
     table = charges_table(charges, reconciled_at)
     path = write_reconciliation(table, report_dir, reconciled_at)
     apply_to_reports(report_dir, history, charges)
-    _show(charges, table.to_pandas(), reconciled_at, path, args.format)
-    return EXIT_DIFFERENCES if problems(charges) else EXIT_OK
+    _show(charges, twice, table.to_pandas(), reconciled_at, path, args.format)
+    return EXIT_DIFFERENCES if problems(charges) or twice else EXIT_OK
 
 
 def _cannot(message: str) -> int:
@@ -105,14 +110,18 @@ def _cannot(message: str) -> int:
     return EXIT_CANNOT
 
 
-async def _charges(runs: pd.DataFrame, state_dir: str) -> list[Charge]:
-    """Every charge of the runs, each group of runs asked of the fal (or simulator) it ran on."""
+async def _charges(runs: pd.DataFrame, state_dir: str) -> tuple[list[Charge], list[Duplicate]]:
+    """Every charge of the runs and every job of theirs billed twice, each group of runs asked of the fal (or
+    simulator) it ran on."""
     charges: list[Charge] = []
+    twice: list[Duplicate] = []
     for (kind, endpoint), group in runs.groupby([runs["backend"].map(_kind), runs["endpoint"]], sort=True):
         async with _billing(Backend(kind), str(endpoint), state_dir) as fal:
             events, tagged = await billing_of(fal, group)
+            by_job = await billing_by_job(fal, group)
         charges += reconcile(group, events, tagged)
-    return charges
+        twice += duplicates(group, by_job)
+    return charges, twice
 
 
 def _kind(backend: str) -> str:
@@ -162,8 +171,32 @@ async def billing_of(fal: FalQueue, runs: pd.DataFrame) -> tuple[list[BillingEve
     return list(events.values()), tagged
 
 
+async def billing_by_job(fal: FalQueue, runs: pd.DataFrame) -> dict[str, list[BillingEvent]]:
+    """fal's billed requests per job key of the runs' rows, found by the job's tag (fal's tagged-billed source):
+    those of every run, state dir or machine that sent the job, not only these reports' ones."""
+    start = pd.Timestamp(runs["run_started_at"].min()).to_pydatetime() - WINDOW_MARGIN
+    spans = windows(start, datetime.now(UTC) + timedelta(minutes=1))
+    keys = sorted({str(k) for k in runs["job_key"].dropna()})
+    gate = asyncio.Semaphore(JOB_TAG_READS)
+
+    async def of(key: str) -> list[BillingEvent]:
+        async with gate:
+            pages = [await fal.billing_events(start=a, end=b, tag=(TAG_JOB, key[:JOB_TAG_CHARS])) for a, b in spans]
+        return [event for page in pages for event in page]
+
+    try:
+        found = await asyncio.gather(*(of(key) for key in keys))
+    except FalRejected as exc:
+        raise BackendError(f"fal refused to list billing events ({exc}): they need an admin API key") from exc
+    except FalError as exc:
+        raise BackendError(f"fal's billing events could not be read ({exc})") from exc
+    return dict(zip(keys, found, strict=True))
+
+
 # --- output ---------------------------------------------------------------------------------------
-def _show(charges: list[Charge], table: pd.DataFrame, reconciled_at: datetime, path: Path, fmt: str) -> None:
+def _show(
+    charges: list[Charge], twice: list[Duplicate], table: pd.DataFrame, reconciled_at: datetime, path: Path, fmt: str
+) -> None:
     runs, days = totals_by(table, "run_id"), totals_by(table, "day")
     found = problems(charges)
     if fmt == "json":
@@ -172,6 +205,7 @@ def _show(charges: list[Charge], table: pd.DataFrame, reconciled_at: datetime, p
             "path": str(path),
             "requests": len(charges),
             "problems": [_problem(c) for c in found],
+            "duplicates": [_duplicate(d) for d in twice],
             "runs": runs,
             "days": days,
         }
@@ -197,9 +231,35 @@ def _show(charges: list[Charge], table: pd.DataFrame, reconciled_at: datetime, p
                 p["status"], p["request_id"], p["run_id"] or "—", p["job_id"] or "—", p["fal"], p["report"], p["note"]
             )
         console.print(problem_table)
-    else:
+    elif not twice:
         console.print("Every charge matches the reports to the cent.")
+    if twice:
+        extra = sum(d.extra_usd for d in twice)
+        title = f"Duplicates: {len(twice)} job(s) fal billed more than once (${extra:.2f} paid beyond one request each)"
+        dup_table = Table(title=title, title_justify="left", header_style="bold")
+        for header in ("job key", "job", "requests (fal's charge)", "paid twice"):
+            dup_table.add_column(header, overflow="fold")
+        for d in twice:
+            row = _duplicate(d)
+            requests = ", ".join(
+                f"{r['request_id']} {r['fal']}{'' if r['in_reports'] else ' (not in these reports)'}"
+                for r in row["requests"]
+            )
+            dup_table.add_row(row["job_key"], ", ".join(row["job_ids"]) or "—", requests, row["extra"])
+        console.print(dup_table)
     console.print(f"reconciliation: {path}")
+
+
+def _duplicate(d: Duplicate) -> dict[str, Any]:
+    return {
+        "job_key": d.job_key[:JOB_TAG_CHARS],
+        "job_ids": list(d.job_ids),
+        "requests": [
+            {"request_id": e.request_id, "fal": f"${e.cost_total:.4f}", "in_reports": e.request_id in d.reported}
+            for e in d.events
+        ],
+        "extra": f"${d.extra_usd:.4f}",
+    }
 
 
 def _problem(c: Charge) -> dict[str, Any]:

@@ -282,6 +282,13 @@ class RequestLedger:
         bodies = self._transaction(lambda conn: list(conn.execute(query).scalars()))
         return [LedgerEntry.model_validate_json(body) for body in bodies]
 
+    def request_ids(self, since: float = 0.0) -> set[str]:
+        """The fal request ids of the entries written at or after `since` (epoch seconds)."""
+        query = sa.select(entries.c.body).where(entries.c.namespace == self.namespace, entries.c.updated_at >= since)
+        with self._engine.begin() as conn:
+            bodies = [LedgerEntry.model_validate_json(body) for body in conn.execute(query).scalars()]
+        return {e.request_id for e in bodies if e.request_id}
+
     def try_lock(self, job_key: str, run_id: str) -> bool:
         """Take the job's lock if free or stale; renewing it when we already hold it."""
         mine, held = self.owner(run_id, self.lease_s), self.lock_holder(job_key)

@@ -338,6 +338,14 @@ class _Driver:
             if not self.job.ok:
                 self.note = self.job.error or "upload failed"
                 return Event.rejected
+        if self.entry is None and not self.ctx.params.force and (seen := await self.ctx.recent.before_submit(self.job)):
+            self.ctx.log.warning(  # another run on this key sent it since this job started (klingflow.pipeline.peers)
+                "%s: fal lists this exact edit as sent by another run (request %s); adopting it instead of paying",
+                self.job.where,
+                seen.request_id,
+            )
+            self.job = self.job.with_(request_id=seen.request_id, submitted_at=seen.sent_at, **_REUSED)
+            return Event.accepted
         arguments = edit_arguments(self.job)
         self.job = self.job.with_(request_id=None, submitted_at=None)
         self._persist(

@@ -31,8 +31,10 @@ from klingflow.models import Backend, EditParams, JobRecord
 from klingflow.orchestrator import PrefectLink
 from klingflow.pipeline.backend import open_backend, target_namespace
 from klingflow.pipeline.intake import Intake
+from klingflow.pipeline.peers import watched_history
 
 Logger = logging.Logger | logging.LoggerAdapter
+ADMIT_PER_SLOT = 2  # jobs in progress per request slot: one at fal, one uploading or downloading
 
 
 @dataclass
@@ -84,7 +86,10 @@ async def open_run(
             yield RunResources(run_id, params, kind, ledger, intake, price, link, None)
             return
         fal = await stack.enter_async_context(open_backend(params, kind, key, logger))
-        recent = RecentRequests(fal, logger).prefetch()  # read while inputs are prepared
+        # read while inputs are prepared; read again before each new submit (another machine on this key)
+        ahead = ADMIT_PER_SLOT * params.max_concurrency + 2  # rows another run may have sent that fal does not list
+        recent = watched_history(fal, ledger, logger, start_margin_s=params.job_timeout_s, contest_rows=ahead)
+        recent.expect(intake.jobs).prefetch()
         price = await resolve_price(fal, state / "pricing", logger)
         limit = await ensure_global_limit(params.concurrency_limit, params.max_concurrency)
         logger.info("global concurrency limit %r: %d request(s) in flight", params.concurrency_limit, limit)

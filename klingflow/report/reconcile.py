@@ -11,6 +11,10 @@ sent, whether or not it learnt their ids), each request gets one `Charge`:
                that was sent again) or an orphan (a run that died before its report);
 - not_billed:  the report has a cost, fal no event yet (fal lists events with a delay: run it again later).
 
+A job paid twice (two state dirs on one key that both submitted it, klingflow.pipeline.peers) is one billed
+request in each run's report, each matched; `duplicates` finds it from fal's side: the billed requests sent
+with the job's tag (`klingflow.job=<job key prefix>`, fal's tagged-billed source), two or more per job key.
+
 The result is a parquet file per reconciliation under `<report_dir>/_reconciliation/` (RECONCILIATION_SCHEMA,
 documented in the README); `apply_to_reports` then rewrites the runs' reports so that a matched or
 differing row carries fal's charge as its cost, with `cost_source = billing_event`.
@@ -128,6 +132,48 @@ def reconcile(report: pd.DataFrame, events: Iterable[BillingEvent], tagged: dict
             note += f" (sent by run {run})" if run else ""
             charges.append(Charge(request_id, ChargeStatus.unexpected, run, None, None, None, None, event, note))
     return charges
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A job key fal billed more than one request for (the job paid twice or more)."""
+
+    job_key: str
+    job_ids: tuple[str, ...]
+    events: tuple[BillingEvent, ...]  # fal's charges, first billed first
+    reported: frozenset[str]  # the request ids a row of these reports pays or reuses
+
+    @property
+    def request_ids(self) -> tuple[str, ...]:
+        return tuple(e.request_id for e in self.events)
+
+    @property
+    def extra_usd(self) -> Decimal:
+        """What was paid beyond one request: every charge but the cheapest."""
+        costs = sorted(e.cost_total for e in self.events)
+        return sum(costs[1:], Decimal(0))
+
+
+def duplicates(report: pd.DataFrame, by_job: dict[str, list[BillingEvent]]) -> list[Duplicate]:
+    """The job keys of the report's rows that fal billed two or more requests for; `by_job` maps a job key to
+    fal's billing events of the requests tagged with it (whichever run, state dir or machine sent them)."""
+    found = []
+    rows = report[report["job_key"].notna()] if not report.empty else report
+    for key, events in sorted(by_job.items()):
+        billed = {e.request_id: e for e in events if e.cost_total > 0}
+        if len(billed) < 2:
+            continue
+        mine = rows[rows["job_key"] == key]
+        ordered = sorted(billed.values(), key=lambda e: (e.timestamp is None, e.timestamp, e.request_id))
+        found.append(
+            Duplicate(
+                job_key=key,
+                job_ids=tuple(sorted(set(mine["job_id"].dropna().astype(str)))),
+                events=tuple(ordered),
+                reported=frozenset(mine["request_id"].dropna().astype(str)),
+            )
+        )
+    return found
 
 
 def _charge(request_id: str, row: dict[str, Any], event: BillingEvent | None) -> Charge:

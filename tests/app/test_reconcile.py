@@ -104,6 +104,41 @@ async def test_a_duplicate_charge_from_a_lost_submit_answer_is_listed_and_fails_
     assert run["difference_usd"] == pytest.approx(float(next(e.cost_usd for e in ledger if e.request_id == duplicate)))
 
 
+async def test_a_job_another_machine_paid_for_too_is_named_by_its_job_key(
+    tmp_path: Path, simulator, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the run, another machine (its own state dir and reports) sends one of its jobs again on the key: each
+    request matches its own report, so only the job's tag shows that the job was paid twice; reconcile names it."""
+    import asyncio
+
+    from klingflow.fal.outcomes import Done
+    from klingflow.fal.queue import FalQueue, Target
+    from klingflow.fal.submit import request_tags, submit_headers
+
+    manifest = _manifest(tmp_path, clip, ["Paid twice @Video1", "Paid once @Video1"])
+    state, _ = await run_flow(fast_params(tmp_path, manifest))
+    assert state == "COMPLETED"
+    rows = pd.read_parquet(tmp_path / "reports").set_index("job_id")
+    key = rows.loc["j0", "job_key"]
+    async with FalQueue(Target.simulator(simulator.url), SIMULATOR_KEY) as fal:
+        args = {"prompt": "Paid twice @Video1", "video_url": await fal.upload(clip)}
+        other = await fal.submit_once(args, headers=submit_headers(60, request_tags("the-other-laptop", key)))
+        while not isinstance(await fal.status(other.request_id), Done):  # type: ignore[union-attr]
+            await asyncio.sleep(0.05)
+
+    capsys.readouterr()
+    assert await _reconcile(tmp_path, "--format", "json") == 1
+    body = json.loads(capsys.readouterr().out)
+    assert body["problems"] == []  # every request of this report matches fal's charge
+    (dup,) = body["duplicates"]
+    assert dup["job_key"] == key[:16] and dup["job_ids"] == ["j0"]
+    named = {(r["request_id"], r["in_reports"]) for r in dup["requests"]}
+    assert named == {(rows.loc["j0", "request_id"], True), (other.request_id, False)}  # type: ignore[union-attr]
+    assert await _reconcile(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "Duplicates: 1 job(s)" in out and key[:16] in out and other.request_id in out  # type: ignore[union-attr]
+
+
 async def test_the_key_and_the_admin_key_appear_nowhere(
     tmp_path: Path,
     simulator,

@@ -76,7 +76,7 @@ def _run(tmp_path: Path, fal: ScriptedFal, *, timeout_s: float = 60.0, settle_s:
             slots=LocalSlots(2),
             uploads=uploads,
             poll=PollSettings(0.001, 0.002, timeout_s),
-            recent=RecentRequests(fal),
+            recent=RecentRequests(fal, min_interval_s=0.0),  # a history read per submit, without waiting
             price=LIST_PRICE,
         )
 
@@ -217,7 +217,7 @@ async def test_an_interrupted_request_whose_cancel_failed_is_collected_by_the_ne
     [
         ("submit_once", 1, JobState.unknown),  # the POST's answer never came
         ("status", 1, JobState.cancel_requested),  # at fal: cancelled on the way out
-        ("history", 1, JobState.unknown),  # settling a lost answer
+        ("history", 2, JobState.unknown),  # settling a lost answer (the 1st read: the look just before the POST)
         ("cancel", 1, JobState.cancel_requested),  # cancelling at the timeout
         ("download", 1, JobState.completed),  # billed, not downloaded
     ],

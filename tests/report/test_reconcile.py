@@ -18,6 +18,7 @@ from klingflow.report.reconcile import (
     ChargeStatus,
     apply_to_reports,
     charges_table,
+    duplicates,
     problems,
     read_reconciliation,
     reconcile,
@@ -66,6 +67,28 @@ def test_a_charge_no_row_pays_is_unexpected_and_attributed_to_the_run_whose_tag_
     assert by_id["dup"].status is ChargeStatus.unexpected and by_id["dup"].run_id == "run-1"
     assert by_id["dup"].difference_usd == Decimal("1.68") and "dup" in by_id["dup"].note
     assert [c.request_id for c in problems(charges)] == ["dup"]
+
+
+def test_a_job_key_fal_billed_twice_is_a_duplicate_whoever_sent_the_second_request() -> None:
+    """Two billed requests tagged with one job (this report pays one, another machine's report the other): the
+    job is named with its rows' job ids and both charges; one billed request (the other adopted) is not."""
+    report = _report(
+        [
+            {"job_id": "a", "job_key": "k1" * 8, "request_id": "mine", "cost_usd": 1.008},
+            {"job_id": "b", "job_key": "k2" * 8, "request_id": "theirs-adopted", "cost_source": "reused"},
+        ]
+    )
+    by_job = {
+        "k1" * 8: [_event("elsewhere", "1.008"), _event("mine", "1.008")],
+        "k2" * 8: [_event("theirs-adopted", "1.008")],
+        "k3" * 8: [_event("x", "1.0"), _event("y", "1.0")],  # not a job of these reports: never asked for
+    }
+    (dup, other) = duplicates(report, by_job)
+    assert (dup.job_key, dup.job_ids, set(dup.request_ids)) == ("k1" * 8, ("a",), {"mine", "elsewhere"})
+    assert dup.reported == {"mine"} and dup.extra_usd == Decimal("1.008")
+    assert other.job_key == "k3" * 8 and other.job_ids == ()
+    unbilled = {"k1" * 8: [_event("mine", "1.008"), _event("cancelled-queued", "0")]}
+    assert duplicates(report, unbilled) == []  # a request fal did not charge is not a second payment
 
 
 def test_reused_rows_do_not_pay_so_their_request_is_not_counted_twice() -> None:
