@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from klingflow.ledger import schema
 from klingflow.ledger.decide import JobState
@@ -74,6 +74,7 @@ class LedgerEntry(PaidResult):
     backend: str
     request_id: str | None = None
     payload_sha256: str | None = None  # hash of the input being submitted, to find it in fal's history
+    earlier_requests: list[str] = Field(default_factory=list)  # the key's earlier attempts (same input): not this one
     submitting_at: float | None = None  # epoch seconds, written before the POST
     submitted_at: float | None = None
     updated_at: float
