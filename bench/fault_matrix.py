@@ -1,24 +1,27 @@
 """Run the pipeline under fal's worst documented behaviour on every route, re-run it once, then prove from the
 simulator's billing ledger that no job was ever paid for twice and that the report accounts for every cent.
 
-    python -m bench.fault_matrix [--seeds 5] [--jobs 30] [--fault-rate 0.10] [--history-lag 30] [--settle-window 75]
-                                 [--verbose] [--keep]
+    python -m bench.fault_matrix [--seeds 5] [--first-seed 1] [--jobs 30] [--fault-rate 0.10] [--history-lag 30]
+                                 [--settle-window 75] [--verbose] [--keep]
 
-For each seed (1..N) a simulator runs in this process with `--fault-rate` of HTTP faults on every route kind
-(a quarter each of 429, ingress 502/503 and plain 500, an eighth each of drop-before and drop-after-acting),
-extra drop-after-accept on submit (the answer of a paid submit is lost: fal_client resends it), cancels of
-running requests ignored half of the time (the request completes and is billed), and a request history that
-lists a request only `--history-lag` seconds after it started. The manifest holds normal rows, 2 rows whose
-video is missing (they fail before any spend), 2 exact duplicates of other rows (same video and prompt,
-another id: billed once in total) and 3 slow rows that outlive the per-job timeout (cancelled; some complete
-anyway and are billed). `klingflow run` is then run twice as a subprocess on one state dir and report dir.
+For each seed (--first-seed .. --first-seed + N - 1; 1..N by default) a simulator runs in this process with
+`--fault-rate` of HTTP faults on every route kind (a quarter each of 429, ingress 502/503 and plain 500, an eighth
+each of drop-before and drop-after-acting), extra drop-after-accept on submit (the answer of a paid submit is lost:
+fal_client resends it), cancels of running requests ignored half of the time (the request completes and is billed),
+and a request history that lists a request only `--history-lag` seconds after it started. The manifest holds normal
+rows, 2 rows whose video is missing (they fail before any spend), 2 exact duplicates of other rows (same video and
+prompt, another id: billed once in total) and 3 slow rows that outlive the per-job timeout (cancelled; some
+complete anyway and are billed). `klingflow run` is then run twice as a subprocess on one state dir and report dir.
 
 Targets, per seed:
   * the most bills any prompt got in the ledger is 1;
   * after the re-run every job succeeded, except those failed on purpose (the 2 missing-file rows and slow
     rows whose last status is "cancelled");
-  * Σ cost_usd over every report row of both runs equals Σ cost_usd of the ledger, to the cent.
-Exit 0 when every seed meets all three, else 1.
+  * Σ cost_usd over every report row of both runs equals Σ cost_usd of the ledger, to the cent: one re-run is
+    enough. The ledger is read once fal has no request left queued or running (at most DRAIN_S after the re-run):
+    a request that no run watches any more (a lost submit settled onto another request) bills after the run has
+    ended, and that bill counts; a request still at fal by then is a miss too.
+Exit 0 when every seed meets all of them, else 1. `--first-seed S --seeds 1` re-runs seed S alone.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pandas as pd
 
 from bench.prefect_server import prefect_server
@@ -50,6 +54,7 @@ CONCURRENCY = 10
 JOB_TIMEOUT_S = 3.5  # a 3 s clip processes for 1.5 s, a 10 s clip for 5 s: only the slow rows time out
 RUN_TIMEOUT_S = 900.0  # a run that has not finished by then is killed and counted as a miss
 RUNS = 2  # first run, then one re-run on the same state dir and report dir
+DRAIN_S = 60.0  # after the re-run, how long fal may take to finish what it still has (a slow row takes 5 s)
 MISSING_ROWS, DUPLICATE_ROWS, SLOW_ROWS = 2, 2, 3
 SPECIAL_ROWS = MISSING_ROWS + DUPLICATE_ROWS + SLOW_ROWS
 # how one route's fault rate is split across the HTTP fault kinds
@@ -83,6 +88,9 @@ class SeedResult:
     ledger_bills: dict[str, list[LedgerEntry]] = field(default_factory=dict)  # prompt -> its ledger entries
     report: pd.DataFrame | None = None  # every row of every run
     calls: dict[str, int] = field(default_factory=dict)  # route kind -> calls the simulator answered
+    drained_s: float = 0.0  # after the re-run, seconds until fal had no request queued or running
+    left_at_fal: int = 0  # requests still queued or running at fal DRAIN_S after the re-run
+    unwatched: list[str] = field(default_factory=list)  # requests fal had that no report row names
     faults: dict[str, int] = field(default_factory=dict)  # "kind.fault" -> times the simulator injected it
 
     def faults_on(self, kind: str) -> int:
@@ -137,7 +145,7 @@ class SeedResult:
 
     @property
     def ok(self) -> bool:
-        return self.billed_once and self.all_succeeded and self.cost_matches
+        return self.billed_once and self.all_succeeded and self.cost_matches and self.left_at_fal == 0
 
 
 def _faults(rate: float) -> FaultConfig:
@@ -249,6 +257,18 @@ def _simulator_config(root: Path, seed: int, args: argparse.Namespace) -> Simula
     )
 
 
+def _in_flight(sim: Simulator) -> int:
+    return sum(gauge["in_flight"] for gauge in sim.counters()["keys"].values())
+
+
+def _drain(sim: Simulator, timeout_s: float) -> tuple[float, int]:
+    """Wait until fal has no request queued or running: (seconds waited, requests still there at the timeout)."""
+    started = time.monotonic()
+    while (left := _in_flight(sim)) and time.monotonic() - started < timeout_s:
+        time.sleep(0.2)
+    return time.monotonic() - started, left
+
+
 def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path, Path], api_url: str) -> SeedResult:
     seed_root = root / f"seed-{seed}"
     seed_root.mkdir()
@@ -271,7 +291,9 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path,
             result.runs.append(outcome)
             if outcome.exit_code is None:
                 break
+        result.drained_s, result.left_at_fal = _drain(sim, DRAIN_S)
         ledger = sim.ledger()
+        requests = httpx.get(f"{sim.url}/_simulator/requests", timeout=30).json()
         counters = sim.counters()
     result.calls = {kind: counters["calls"].get(kind, 0) for kind in ROUTE_KINDS}
     result.faults = dict(counters["faults"])
@@ -286,6 +308,8 @@ def run_seed(seed: int, args: argparse.Namespace, root: Path, clips: tuple[Path,
     result.ledger_bills = dict(bills)
     result.ledger_cost = sum(per_prompt.values(), Decimal(0))
     result.report = _read_reports(seed_root / "reports")
+    named = set() if result.report is None else set(result.report["request_id"].dropna())
+    result.unwatched = sorted(r["request_id"] for r in requests if r["request_id"] not in named)
     return result
 
 
@@ -294,8 +318,12 @@ def _format_seed(r: SeedResult) -> str:
     walls = " / ".join(f"{x.wall_s:.1f} s (exit {'TIMEOUT' if x.exit_code is None else x.exit_code})" for x in r.runs)
     return (
         f"seed {r.seed}: max bills per job {r.max_bills}; succeeded after run 1 / run 2 {runs} "
-        f"(expected {r.expected_succeeded}); report ${r.report_cost:.2f} vs ledger ${r.ledger_cost:.2f}; "
-        f"wall {walls}; {'ok' if r.ok else 'MISS'}\n  faults injected / calls: "
+        f"(expected {r.expected_succeeded}); report ${r.report_cost:.2f} vs ledger ${r.ledger_cost:.2f} "
+        f"(fal idle {r.drained_s:.1f} s after the re-run"
+        + (f", {r.left_at_fal} request(s) still at fal" if r.left_at_fal else "")
+        + f"); requests no report names {len(r.unwatched)}"
+        + (f" ({', '.join(r.unwatched)})" if r.unwatched else "")
+        + f"; wall {walls}; {'ok' if r.ok else 'MISS'}\n  faults injected / calls: "
         + ", ".join(f"{kind} {r.faults_on(kind)}/{r.calls.get(kind, 0)}" for kind in ROUTE_KINDS)
         + f"; cancels fal ignored (completed, billed) {r.faults.get('job.cancel_ignored', 0)}"
     )
@@ -374,7 +402,10 @@ def _diagnose(r: SeedResult) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5, help="run seeds 1..N")
+    parser.add_argument("--seeds", type=int, default=5, help="how many seeds to run")
+    parser.add_argument(
+        "--first-seed", type=int, default=1, help="the first seed (--first-seed 7 --seeds 1 re-runs seed 7 alone)"
+    )
     parser.add_argument("--jobs", type=int, default=30, help="manifest rows per seed (at least 8)")
     parser.add_argument("--fault-rate", type=float, default=0.10, help="HTTP fault rate on every route kind")
     parser.add_argument("--history-lag", type=float, default=30.0, help="simulator history lag, seconds")
@@ -391,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with prefect_server(root / "prefect-server") as api_url:
             clips = _clips(root)
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 result = run_seed(seed, args, root, clips, api_url)
                 results.append(result)
                 print(_format_seed(result), flush=True)
@@ -407,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     misses = [r.seed for r in results if not r.ok]
     print(
         f"{len(results) - len(misses)}/{len(results)} seeds met every target (max bills 1, every job not failed "
-        f"on purpose succeeded after the re-run, report total == ledger total)"
+        f"on purpose succeeded after the re-run, report total == ledger total once fal is idle)"
         + (f"; MISSED: seeds {misses}" if misses else "")
     )
     return 1 if misses else 0

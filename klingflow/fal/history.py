@@ -40,7 +40,7 @@ import logging
 import random
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -70,11 +70,23 @@ class Sighting:
     complete: bool  # every request listed in the window has its payload
 
 
-async def find_by_payload(fal: FalApi, digest: str, since_epoch: float) -> Sighting:
-    """The request whose input hashes to `digest`, sent after `since_epoch` (raises FalError if unreadable)."""
+async def find_by_payload(fal: FalApi, digest: str, since_epoch: float, *, not_these: Collection[str] = ()) -> Sighting:
+    """The request whose input hashes to `digest`, sent after `since_epoch` (raises FalError if unreadable).
+
+    A job sent again (after a cancel, a failure, or with force) sends the very same input: within LOOKBACK_S
+    the history may list the earlier attempts' requests too, and fal's clock cannot tell them apart from ours.
+    `not_these` are those requests (the ledger knows them): never the one looked for, even while the history
+    does not list that one yet."""
     start = datetime.fromtimestamp(since_epoch - LOOKBACK_S, UTC)
     items = await fal.history(start=start)
-    match = next((i for i in items if i.has_payload and payload_sha256(i.json_input) == digest), None)
+    match = next(
+        (
+            i
+            for i in items
+            if i.has_payload and i.request_id not in not_these and payload_sha256(i.json_input) == digest
+        ),
+        None,
+    )
     return Sighting(match, all(i.has_payload for i in items))
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import sqlalchemy as sa
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from klingflow.errors import LedgerDamaged, LedgerUnavailable
@@ -121,6 +121,7 @@ class LedgerEntry(PaidResult):
     backend: str
     request_id: str | None = None
     payload_sha256: str | None = None  # hash of the input being submitted, to find it in fal's history
+    earlier_requests: list[str] = Field(default_factory=list)  # the key's earlier attempts (same input): not this one
     submitting_at: float | None = None  # epoch seconds, written before the POST
     submitted_at: float | None = None
     updated_at: float

@@ -92,7 +92,7 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
         if entry is None and not force and (adopted := await _adopt(job, ctx)) is not None:
             return adopted
         if entry is None or (force and not _at_fal_now(entry.state)):
-            return await _new_request(job, ctx)
+            return await _new_request(job, ctx, entry)
         if entry.state is JobState.succeeded:
             return await _reuse(job, entry, ctx)
         if entry.state is JobState.failed_at_fal and _user_error(entry):
@@ -105,14 +105,14 @@ async def run_job(job: JobRecord, ctx: RunContext) -> JobRecord:
             entry.state, cancel_acknowledged=bool(entry.cancel_requested_at), reason=entry.cancel_reason
         )
         if start is None:
-            return await _new_request(job, ctx)
+            return await _new_request(job, ctx, entry)
         resumed, entry = _resumed(job, entry, ctx)
         driver = _Driver(resumed, ctx, entry)
         done = await driver.run(start.state, start.action)
         if not driver.resubmits():
             return done
         ctx.log.info("%s: fal confirmed the cancel an interrupted run asked for; submitting the job again", job.where)
-        return await _new_request(job, ctx)
+        return await _new_request(job, ctx, driver.entry)
 
 
 def bill_fields(
@@ -197,8 +197,9 @@ async def _adopt(job: JobRecord, ctx: RunContext) -> JobRecord | None:
     return await _Driver(job, ctx, entry).run(JobState.submitted, Action.poll)
 
 
-async def _new_request(job: JobRecord, ctx: RunContext) -> JobRecord:
-    """Reserve the budget, upload, then submit once (the driver takes it from there)."""
+async def _new_request(job: JobRecord, ctx: RunContext, previous: LedgerEntry | None = None) -> JobRecord:
+    """Reserve the budget, upload, then submit once (the driver takes it from there). `previous`: the key's
+    entry of an earlier attempt, whose requests this one's settle must not take for its own."""
     estimate = job.estimated_cost_usd or 0.0
     if not ctx.budget.reserve(estimate):
         return job.fail(
@@ -212,7 +213,16 @@ async def _new_request(job: JobRecord, ctx: RunContext) -> JobRecord:
         ctx.budget.settle(estimate, 0.0)
         return job
     decision = decide(JobState.planned, Event.uploaded)
-    return await _Driver(job, ctx, None, reserved=estimate).run(decision.state, decision.action)
+    driver = _Driver(job, ctx, None, reserved=estimate, earlier_requests=_requests_of(previous))
+    return await driver.run(decision.state, decision.action)
+
+
+def _requests_of(entry: LedgerEntry | None) -> list[str]:
+    """Every request fal was sent for the key so far: its earlier attempts' and the entry's own."""
+    if entry is None:
+        return []
+    own = [entry.request_id] if entry.request_id and entry.request_id not in entry.earlier_requests else []
+    return [*entry.earlier_requests, *own]
 
 
 def _new_entry(job: JobRecord, ctx: RunContext, state: JobState, **fields: Any) -> LedgerEntry:
@@ -237,8 +247,10 @@ class _Driver:
         entry: LedgerEntry | None,
         *,
         reserved: float | None = None,
+        earlier_requests: list[str] | None = None,
     ) -> None:
         self.job, self.ctx, self.entry = job, ctx, entry
+        self.earlier_requests = earlier_requests or []  # a new entry's predecessor's requests (see _submit)
         self.reserved = reserved if reserved is not None else job.estimated_cost_usd or 0.0
         if reserved is None:
             ctx.budget.reserve(self.reserved, force=True)  # already at fal: counts against the cap
@@ -333,6 +345,9 @@ class _Driver:
 
     # --- actions ------------------------------------------------------------------------------------
     async def _submit(self) -> Event:
+        """Write `submitting`, then POST once. The entry keeps the key's earlier requests: they had this very
+        input, so if this answer is lost the settle must not take one of them (say, an earlier run's cancelled
+        request) for this one, which would then run unwatched and be billed in no report."""
         if self.job.video_url is None:  # resent after a lost answer in an earlier run: upload in this one
             self.job = await upload_job(self.job, self.ctx.uploads)
             if not self.job.ok:
@@ -347,11 +362,13 @@ class _Driver:
             self.job = self.job.with_(request_id=seen.request_id, submitted_at=seen.sent_at, **_REUSED)
             return Event.accepted
         arguments = edit_arguments(self.job)
+        earlier = _requests_of(self.entry) if self.entry is not None else self.earlier_requests
         self.job = self.job.with_(request_id=None, submitted_at=None)
         self._persist(
             JobState.submitting,
             submitting_at=time.time(),
             payload_sha256=payload_sha256(arguments),
+            earlier_requests=earlier,
             cancel_requested_at=None,
             cancel_reason=None,
             error=None,
@@ -501,7 +518,9 @@ class _Driver:
             return await self._settle_by_id(self.job.request_id)
         sent = entry.submitting_at or entry.updated_at
         try:
-            sighting = await find_by_payload(self.ctx.fal, entry.payload_sha256 or "", sent)
+            sighting = await find_by_payload(
+                self.ctx.fal, entry.payload_sha256 or "", sent, not_these=entry.earlier_requests
+            )
         except FalError as exc:
             self.note = f"fal's request history could not be read ({exc})"
             return Event.transient

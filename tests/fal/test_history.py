@@ -39,6 +39,23 @@ async def test_a_request_is_found_by_the_hash_of_its_input(fal: FalQueue, tmp_pa
     assert other.item is None and other.complete
 
 
+async def test_an_earlier_attempt_with_the_same_input_is_not_the_request_looked_for(
+    fal: FalQueue, tmp_path: Path
+) -> None:
+    """A job sent again sends the same input: the requests of its earlier attempts are passed over, so while the
+    history does not list the new request yet, the answer is "not there", never the earlier one."""
+    since = time.time()
+    clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)
+    args = {"prompt": "sent twice @Video1", "video_url": await fal.upload(clip)}
+    earlier = await _finished(fal, args)
+    assert (await find_by_payload(fal, payload_sha256(args), since)).item.request_id == earlier  # type: ignore[union-attr]
+    sighting = await find_by_payload(fal, payload_sha256(args), since, not_these=[earlier])
+    assert sighting.item is None and sighting.complete
+    again = await _finished(fal, args)
+    sighting = await find_by_payload(fal, payload_sha256(args), since, not_these=[earlier])
+    assert sighting.item is not None and sighting.item.request_id == again
+
+
 async def test_the_same_work_is_recognised_by_its_bytes_not_its_urls(fal: FalQueue, tmp_path: Path) -> None:
     """A request with the same prompt and the same input bytes (uploaded again: a new URL) is adopted."""
     clip = make_clip(tmp_path / "c.mp4", seconds=3, width=720, height=720)

@@ -3,7 +3,9 @@ each asserting on the simulator's billing ledger (bills per job) and on the repo
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -206,3 +208,33 @@ async def test_a_billed_422_is_in_the_report_and_not_paid_again(tmp_path: Path, 
         in pd.read_parquet(tmp_path / "reports").sort_values("run_started_at").iloc[-1]["error"]
     )
     assert len(simulator.ledger()) == 1
+
+
+async def _until_fal_is_idle(sim, timeout_s: float = 30.0) -> None:
+    """Wait until the simulator has no request queued or running: every bill that will come has come."""
+    deadline = time.monotonic() + timeout_s
+    while any(gauge["in_flight"] for gauge in sim.counters()["keys"].values()):
+        assert time.monotonic() < deadline, "requests still at fal"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_lost_resubmit_is_not_taken_for_the_earlier_request_with_the_same_input(
+    tmp_path: Path, make_simulator, clip: Path
+) -> None:
+    """Run 1's request times out and fal confirms the cancel; run 2 submits the job again and that answer is lost
+    (fal accepted it). fal's history has the same input twice, and lists the new request only after a lag: the
+    settle must wait for the new one, not take run 1's cancelled one, or the new request runs unwatched and its
+    bill is in no report (issue 24, row 3)."""
+    simulator = make_simulator(history_lag_s=1.5)
+    simulator.set_faults(FaultConfig(hang_prompts_containing=["Slow"]))
+    manifest = _manifest(tmp_path, _jobs(clip, 1, "Slow {i} of @Video1"))
+    _, first = await run_flow(fast_params(tmp_path, manifest, job_timeout_s=1.0))
+    assert first.statuses == {"j0": "cancelled"} and simulator.ledger() == []
+    simulator.set_faults(FaultConfig(submit=RouteFaults(drop_after=1.0, max_count=1), retry_after_s=0))
+    state, second = await run_flow(fast_params(tmp_path, manifest, settle_window_s=30))
+    assert state == "COMPLETED", second
+    await _until_fal_is_idle(simulator)
+    assert simulator.counters()["faults"] == {"submit.drop_after": 1}
+    assert second.statuses == {"j0": "succeeded"}, second
+    assert bills_per_prompt(simulator) == {"Slow 0 of @Video1": 1}
+    assert reported_usd(tmp_path) == ledger_usd(simulator) > 0
