@@ -21,10 +21,7 @@ import subprocess
 import imageio_ffmpeg
 
 from klingflow.errors import MediaError
-from klingflow.media.plan import Plan
-
-# zscale transfer names for FFmpeg's color_trc numbers: 16 = PQ (SMPTE ST 2084), 18 = HLG.
-_ZSCALE_TRANSFER = {16: "smpte2084", 18: "arib-std-b67"}
+from klingflow.media.plan import Colour, Plan
 
 
 def ffmpeg_exe() -> str:
@@ -32,20 +29,48 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
-def tonemap_filter(color_transfer: int | None) -> str:
-    """HDR (PQ/HLG, BT.2020) to SDR BT.709 via linear light and Hable's curve (keeps highlights)."""
-    tin = _ZSCALE_TRANSFER.get(color_transfer or 16, "smpte2084")
+def _zscale_in(colour: Colour) -> str:
+    return f"pin={colour.primaries}:tin={colour.transfer}:min={colour.matrix}:rin={colour.range}"
+
+
+def tonemap_filter(colour: Colour, peak_nits: float) -> str:
+    """HDR (PQ/HLG) to SDR BT.709: linear light (1.0 = 100 cd/m²), BT.709 primaries, then Möbius' curve.
+
+    Möbius is linear up to its knee (0.3, i.e. 30 cd/m²: mid-grey stays at SDR reference) and rolls
+    off smoothly to `peak`, the source's brightest pixel: highlights are compressed, not clipped. The
+    peak is passed explicitly; after zscale the frames are tagged linear and tonemap would assume 100 cd/m².
+    `desat` greys only what is brighter than twice SDR white, as the filter's default does.
+    """
+    peak = max(peak_nits / 100.0, 1.0)
     return (
-        f"zscale=tin={tin}:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl=100,format=gbrpf32le,"
-        "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709:m=bt709:r=tv"
+        f"zscale={_zscale_in(colour)}:t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
+        f"tonemap=tonemap=mobius:param=0.3:desat=2:peak={peak:.4g},zscale=t=bt709:m=bt709:r=tv"
     )
 
 
-def video_filters(plan: Plan, color_transfer: int | None) -> str:
-    """The -vf chain; rotation is applied by ffmpeg's autorotate before it, so sizes are displayed sizes."""
+def colour_filter(colour: Colour) -> str:
+    """SDR source description -> BT.709 limited range, by zscale (zimg): matrix, range, and primaries in linear light.
+
+    RGB and palette sources (GIF, PNG) are unpacked to planar RGB first, losslessly, so that no implicit
+    RGB->YUV conversion (swscale's BT.601 default) runs before zscale.
+    """
+    unpack = "format=gbrp," if colour.matrix == "gbr" else ""
+    return f"{unpack}zscale={_zscale_in(colour)}:p=bt709:t=bt709:m=bt709:r=tv:dither=ordered"
+
+
+TAG_BT709 = "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv"
+
+
+def video_filters(plan: Plan) -> str:
+    """The -vf chain; rotation is applied by ffmpeg's autorotate before it, so sizes are displayed sizes.
+
+    The colour conversion runs first, at the source's size; every re-encode ends tagged BT.709 limited.
+    """
     chain: list[str] = []
-    if plan.tonemap:
-        chain.append(tonemap_filter(color_transfer))
+    if plan.tonemap and plan.colour_in is not None:
+        chain += [tonemap_filter(plan.colour_in, plan.tonemap_peak_nits or 1000.0), "format=yuv420p"]
+    elif plan.colour_in is not None:
+        chain += [colour_filter(plan.colour_in), "format=yuv420p"]
     if plan.fps:
         chain.append(f"fps={plan.fps:g}")
     if plan.scale:
@@ -54,7 +79,7 @@ def video_filters(plan: Plan, color_transfer: int | None) -> str:
         chain.append(f"pad={plan.box[0]}:{plan.box[1]}:(ow-iw)/2:(oh-ih)/2:black")
     if plan.freeze_to_s:
         chain.append(f"tpad=stop_mode=clone:stop_duration={plan.freeze_to_s:g}")
-    chain += ["format=yuv420p", "setsar=1"]
+    chain += ["format=yuv420p", TAG_BT709, "setsar=1"]
     return ",".join(chain)
 
 
@@ -67,9 +92,7 @@ def _audio_args(plan: Plan, audio_kbps: int) -> list[str]:
     return [*args, "-af", "apad"] if plan.freeze_to_s else args
 
 
-def ffmpeg_args(
-    src: str, dst: str, plan: Plan, *, color_transfer: int | None, crf: int, preset: str, audio_kbps: int
-) -> list[str]:
+def ffmpeg_args(src: str, dst: str, plan: Plan, *, crf: int, preset: str, audio_kbps: int) -> list[str]:
     """The full ffmpeg command line for a remux or transcode plan (output is always mp4 + faststart)."""
     args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y", "-i", src]
     args += ["-map", "0:v:0", "-map", "0:a:0?", "-dn", "-sn", "-map_chapters", "-1"]
@@ -77,11 +100,10 @@ def ffmpeg_args(
         args += ["-c:v", "copy"]
     else:
         kbps = plan.video_max_kbps or 0
-        args += ["-vf", video_filters(plan, color_transfer), "-fps_mode", "cfr"]
+        args += ["-vf", video_filters(plan), "-fps_mode", "cfr"]
         args += ["-c:v", "libx264", "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p"]
         args += ["-profile:v", "high", "-maxrate", f"{kbps}k", "-bufsize", f"{2 * kbps}k"]
-        if plan.tonemap:
-            args += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]
+        args += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709", "-color_range", "tv"]
     args += _audio_args(plan, audio_kbps)
     end = plan.trim_s or plan.freeze_to_s
     if end:

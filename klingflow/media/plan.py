@@ -30,13 +30,93 @@ from klingflow.errors import MediaError
 from klingflow.media.probe import VideoProbe
 from klingflow.models import AspectPolicy, TooLongPolicy, TooShortPolicy
 
-# Pixel formats a passthrough H.264 stream may have (8-bit 4:2:0; yuvj420p is full-range 4:2:0).
-PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
+# The pixel format a passthrough H.264 stream may have: 8-bit 4:2:0, limited range (yuvj420p is full range).
+PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p"})
 # Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
 COPYABLE_AUDIO = frozenset({"aac", "mp3"})
-BT2020_PRIMARIES = 9
+
+# --- colour ------------------------------------------------------------------------------------
+# FFmpeg's enum numbers (AVColorPrimaries, AVColorTransferCharacteristic, AVColorSpace) -> the names that
+# zscale and ffmpeg's -color_* options both take. Numbers not listed (unspecified, reserved, exotic)
+# count as untagged and are guessed like FFmpeg and players do: by picture size.
+PRIMARIES = {
+    1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film", 9: "bt2020",
+    10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "jedec-p22",
+}  # fmt: skip
+TRANSFERS = {
+    1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "linear", 11: "iec61966-2-4",
+    13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67",
+}  # fmt: skip
+MATRICES = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc", 10: "bt2020c"}
+# Transfers with BT.709's curve (BT.601, BT.2020 at 10/12 bits are the same function): no re-encoding of values.
+TRANSFERS_LIKE_709 = frozenset({"bt709", "smpte170m", "bt2020-10", "bt2020-12"})
+# Pixel formats that hold RGB (or a palette of RGB): no matrix, full range, BT.709 primaries unless tagged.
+# An untagged RGB source's R'G'B' values are kept as BT.709's (sRGB shares the primaries; encoders and
+# players treat its curve as BT.709's), so only the matrix and the range are applied.
+RGB_PIX_FMT_PREFIXES = ("rgb", "bgr", "gbr", "argb", "abgr", "0rgb", "0bgr", "pal8", "x2rgb", "x2bgr")
+
+
+class Colour(BaseModel):
+    """A colour description in FFmpeg/zscale names; matrix "gbr" means RGB samples."""
+
+    primaries: str
+    transfer: str
+    matrix: str
+    range: Literal["tv", "pc"]
+
+    def __str__(self) -> str:
+        return f"{self.primaries}/{self.transfer}/{self.matrix}/{self.range}"
+
+
+# The contract of every re-encode: BT.709 primaries, transfer and matrix, limited range.
+BT709 = Colour(primaries="bt709", transfer="bt709", matrix="bt709", range="tv")
+
+
+def is_rgb(pix_fmt: str | None) -> bool:
+    return bool(pix_fmt) and pix_fmt.startswith(RGB_PIX_FMT_PREFIXES)
+
+
+def _is_hd(probe: VideoProbe) -> bool:
+    """The usual guess for untagged video: HD sizes are BT.709, smaller ones BT.601."""
+    return probe.coded_width >= 1280 or probe.coded_height >= 720
+
+
+def source_colour(probe: VideoProbe) -> Colour:
+    """What the source's samples mean: its tags, and the usual guesses for what is untagged."""
+    primaries = PRIMARIES.get(probe.color_primaries or 0)
+    transfer = TRANSFERS.get(probe.color_transfer or 0)
+    if is_rgb(probe.pix_fmt):  # GIF, PNG, RGB codecs
+        return Colour(primaries=primaries or "bt709", transfer=transfer or "bt709", matrix="gbr", range="pc")
+    matrix = MATRICES.get(probe.color_space or 0)
+    full = (probe.pix_fmt or "").startswith("yuvj") or probe.color_range == 2
+    if _is_hd(probe):
+        guess = BT709
+    else:  # SD: BT.601, 625-line (576) with EBU primaries, else 525-line SMPTE-C
+        pal = probe.coded_height in (288, 576)
+        sd_primaries = "bt470bg" if pal else "smpte170m"
+        guess = Colour(primaries=sd_primaries, transfer="smpte170m", matrix="smpte170m", range="tv")
+    return Colour(
+        primaries=primaries or guess.primaries,
+        transfer=transfer or guess.transfer,
+        matrix=matrix or guess.matrix,
+        range="pc" if full else "tv",
+    )
+
+
+def needs_colour_conversion(colour: Colour) -> bool:
+    """Whether the samples must change (not just their tags) to mean BT.709 limited range."""
+    return (
+        colour.primaries != BT709.primaries
+        or colour.matrix != BT709.matrix
+        or colour.range != BT709.range
+        or colour.transfer not in TRANSFERS_LIKE_709
+    )
+
+
 # Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
 REMUX_TRIM_FRAMES = 3
+# Peak assumed when an HDR probe carries none (a probe from before peaks were measured): PQ 1000, HLG 1000.
+HDR_DEFAULT_PEAK_NITS = {16: 1000.0, 18: 1000.0}
 
 
 class PlanOptions(BaseModel):
@@ -67,6 +147,8 @@ class Plan(BaseModel):
     scale: tuple[int, int] | None = None  # picture size before any bars
     box: tuple[int, int] | None = None  # frame size with bars (aspect pad)
     tonemap: bool = False
+    colour_in: Colour | None = None  # convert from this description to BT709 (None: the samples already are)
+    tonemap_peak_nits: float | None = None  # HDR: the source peak the tone curve rolls off to
     audio: Literal["copy", "aac", "none"] = "copy"
     video_max_kbps: int | None = None
 
@@ -143,9 +225,9 @@ def _picture_ok(probe: VideoProbe, opts: PlanOptions) -> bool:
     """Whether the coded picture can be stream-copied (timing and size are judged by their own plans)."""
     return (
         probe.video_codec in opts.passthrough_codecs
-        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 only
+        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 limited range only
         and not probe.is_hdr
-        and probe.color_primaries != BT2020_PRIMARIES
+        and not needs_colour_conversion(source_colour(probe))  # BT.709 or untagged HD
         and probe.rotation % 360 == 0
     )
 
@@ -200,10 +282,17 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         actions.append("rotate")
     if fps is not None:
         actions.append("cfr" if probe.is_vfr else "fps")
+    colour = source_colour(probe)
+    convert = probe.is_hdr or needs_colour_conversion(colour)
+    peak = None
     if probe.is_hdr:
-        actions.append("tonemap")
+        peak = probe.hdr_peak_nits or HDR_DEFAULT_PEAK_NITS[probe.color_transfer or 16]
+        how = probe.hdr_peak_source if probe.hdr_peak_nits else "assumed"
+        actions += ["tonemap", f"tonemap_peak:{peak:g} cd/m2 ({how})"]
     elif probe.pix_fmt not in PASSTHROUGH_PIX_FMTS:
         actions.append("pix_fmt")
+    if convert:
+        actions.append(f"color:{colour}->{BT709}")
     max_kbps = video_budget_kbps(duration, audio != "none", opts)
     source_kbps = probe.size_bytes * 8 / max(probe.duration_s, 0.001) / 1000
     if over_bytes or source_kbps > max_kbps:
@@ -220,6 +309,8 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         scale=scale,
         box=box,
         tonemap=probe.is_hdr,
+        colour_in=colour if convert else None,
+        tonemap_peak_nits=peak,
         audio=audio,
         video_max_kbps=max_kbps,
     )

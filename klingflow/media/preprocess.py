@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 # Bump when the output of a transform changes (filters, encoder flags): old cache entries then miss.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"  # 2: the BT.709 limited colour contract, HDR peak
 STAGE = Stage.preprocess
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,6 @@ def _run_plan(src: Path, probe: VideoProbe, plan: Plan, settings: PreprocessSett
         str(src),
         str(tmp),
         plan,
-        color_transfer=probe.color_transfer,
         crf=settings.crf,
         preset=settings.x264_preset,
         audio_kbps=settings.audio_bitrate_kbps,

@@ -71,7 +71,11 @@ def test_fit_size(size: tuple[int, int], fitted: tuple[int, int] | None) -> None
         ({"rotation": -90, "width": 1080, "height": 1920}, "transcode", ["transcode", "rotate"]),
         ({"fps": 120.0, "base_fps": 120.0}, "transcode", ["transcode", "fps"]),
         ({"size_bytes": 300_000_000}, "transcode", ["transcode", "bitrate_cap"]),
-        ({"color_primaries": 9, "pix_fmt": "yuv420p10le", "bit_depth": 10}, "transcode", ["transcode", "pix_fmt"]),
+        (
+            {"color_primaries": 9, "pix_fmt": "yuv420p10le", "bit_depth": 10},
+            "transcode",
+            ["transcode", "pix_fmt", "color:bt2020/bt709/bt709/tv->bt709/bt709/bt709/tv"],
+        ),
     ],
 )
 def test_least_work_decision(changes: dict, mode: str, actions: list[str]) -> None:
@@ -126,11 +130,27 @@ def test_ffmpeg_command_for_hdr_rotated_long_clip() -> None:
         fps=29.5,
     )
     plan = plan_video(p, PlanOptions())
-    assert plan.actions == ["transcode", "trim", "scale", "rotate", "cfr", "tonemap"]
-    args = ffmpeg_args("in.mov", "out.mp4", plan, color_transfer=16, crf=18, preset="medium", audio_kbps=192)
+    assert plan.actions == [
+        "transcode",
+        "trim",
+        "scale",
+        "rotate",
+        "cfr",
+        "tonemap",
+        "tonemap_peak:1000 cd/m2 (assumed)",
+        "color:bt2020/smpte2084/bt709/tv->bt709/bt709/bt709/tv",
+    ]
+    args = ffmpeg_args("in.mov", "out.mp4", plan, crf=18, preset="medium", audio_kbps=192)
     vf = args[args.index("-vf") + 1]
-    assert vf.startswith("zscale=tin=smpte2084") and "tonemap=tonemap=hable" in vf
-    assert "fps=30,scale=1216:2160" in vf and vf.endswith("format=yuv420p,setsar=1")
+    assert vf.startswith("zscale=pin=bt2020:tin=smpte2084") and "tonemap=tonemap=mobius" in vf and "peak=10" in vf
+    assert "fps=30,scale=1216:2160" in vf and vf.endswith(
+        "format=yuv420p,setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,setsar=1"
+    )
     joined = " ".join(args)
-    assert "-c:v libx264" in joined and "-pix_fmt yuv420p" in joined and "-color_trc bt709" in joined
+    assert (
+        "-c:v libx264" in joined
+        and "-pix_fmt yuv420p" in joined
+        and "-color_trc bt709" in joined
+        and "-color_range tv" in joined
+    )
     assert "-c:a copy" in joined and "-t 10" in joined and "-movflags +faststart -f mp4 out.mp4" in joined
