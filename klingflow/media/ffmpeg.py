@@ -33,18 +33,27 @@ def _zscale_in(colour: Colour) -> str:
     return f"pin={colour.primaries}:tin={colour.transfer}:min={colour.matrix}:rin={colour.range}"
 
 
-def tonemap_filter(colour: Colour, peak_nits: float) -> str:
-    """HDR (PQ/HLG) to SDR BT.709: linear light (1.0 = 100 cd/m²), BT.709 primaries, then Möbius' curve.
+# The tone curve reaches white at this multiple of the source's peak: the brightest measured pixel lands just
+# under white (8 frames are measured; others may be a little brighter) instead of at it.
+TONEMAP_HEADROOM = 1.5
 
-    Möbius is linear up to its knee (0.3, i.e. 30 cd/m²: mid-grey stays at SDR reference) and rolls
-    off smoothly to `peak`, the source's brightest pixel: highlights are compressed, not clipped. The
-    peak is passed explicitly; after zscale the frames are tagged linear and tonemap would assume 100 cd/m².
-    `desat` greys only what is brighter than twice SDR white, as the filter's default does.
+
+def tonemap_filter(colour: Colour, peak_nits: float) -> str:
+    """HDR (PQ/HLG) to SDR BT.709: linear light (1.0 = 100 cd/m²), BT.709 primaries, then Reinhard's curve.
+
+    Measured on a 0-4000 cd/m² ramp (tests/media/test_hdr.py) against the other curves tonemap has: Reinhard
+    (param 0.5) keeps mid-grey near SDR's (20 cd/m² -> code ~122 of 255, reference 131) and rolls off to the
+    peak without clipping; Möbius kept grey but flattened everything over 200 cd/m² into the last 9 codes
+    (27 % of the ramp clipped); Hable kept a highlight gradient but put grey 1.4 stops low. The peak is
+    passed explicitly: after zscale the frames are tagged linear, and tonemap would assume 100 cd/m² (the
+    clipping the issue measured). `desat=2` greys only what is brighter than twice SDR white (the default);
+    it needs the frames' luma coefficients, so they are tagged BT.709 first (zscale tags planar float RGB as
+    "gbr", whose coefficients are none: desat then pushed a grey ramp to white).
     """
-    peak = max(peak_nits / 100.0, 1.0)
+    peak = max(peak_nits * TONEMAP_HEADROOM / 100.0, 1.0)
     return (
         f"zscale={_zscale_in(colour)}:t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,"
-        f"tonemap=tonemap=mobius:param=0.3:desat=2:peak={peak:.4g},zscale=t=bt709:m=bt709:r=tv"
+        f"setparams=colorspace=bt709,tonemap=tonemap=reinhard:param=0.5:desat=2:peak={peak:.4g},zscale=t=bt709:m=bt709:r=tv"
     )
 
 

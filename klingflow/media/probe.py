@@ -101,9 +101,9 @@ def hlg_to_nits(signal: np.ndarray) -> np.ndarray:
 
 def _max_rgb_signal(frame: av.VideoFrame) -> float:
     """The largest R', G' or B' (0..1) of a BT.2020 limited-range frame, computed from its planes."""
-    yuv = frame.reformat(format="yuv444p16le").to_ndarray().astype(np.float32) / 65535.0 * 1023.0
-    y = (yuv[0] - 64) / 876  # 10-bit limited range
-    cb, cr = (yuv[1] - 512) / 896, (yuv[2] - 512) / 896
+    yuv = frame.reformat(format="yuv444p16le").to_ndarray().astype(np.float32) / 65535.0 * 1023.0  # (h, w, 3)
+    y = (yuv[..., 0] - 64) / 876  # 10-bit limited range
+    cb, cr = (yuv[..., 1] - 512) / 896, (yuv[..., 2] - 512) / 896
     r = y + 1.4746 * cr
     b = y + 1.8814 * cb
     g = (y - 0.2627 * r - 0.0593 * b) / 0.6780

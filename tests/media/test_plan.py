@@ -142,7 +142,7 @@ def test_ffmpeg_command_for_hdr_rotated_long_clip() -> None:
     ]
     args = ffmpeg_args("in.mov", "out.mp4", plan, crf=18, preset="medium", audio_kbps=192)
     vf = args[args.index("-vf") + 1]
-    assert vf.startswith("zscale=pin=bt2020:tin=smpte2084") and "tonemap=tonemap=mobius" in vf and "peak=10" in vf
+    assert vf.startswith("zscale=pin=bt2020:tin=smpte2084") and "tonemap=tonemap=reinhard" in vf and "peak=15" in vf
     assert "fps=30,scale=1216:2160" in vf and vf.endswith(
         "format=yuv420p,setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,setsar=1"
     )

@@ -1,0 +1,79 @@
+"""HDR without light-level metadata: PQ and HLG ramps are tone-mapped with a soft roll-off, not clipped."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from klingflow.media.preprocess import PreprocessSettings, preprocess_job
+from klingflow.models import JobRecord
+from tests.media.colour import decode_bt709
+
+M1, M2, C1, C2, C3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+
+
+def pq_signal(nits: np.ndarray) -> np.ndarray:
+    """SMPTE ST 2084 inverse EOTF: cd/m² -> signal 0..1."""
+    y = (np.asarray(nits, float) / 10000) ** M1
+    return ((C1 + C2 * y) / (1 + C3 * y)) ** M2
+
+
+def hlg_signal(nits: np.ndarray) -> np.ndarray:
+    """BT.2100 HLG for a 1000 cd/m² display: inverse OOTF (gamma 1.2) then the OETF."""
+    e = (np.asarray(nits, float) / 1000) ** (1 / 1.2)
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    return np.where(e <= 1 / 12, np.sqrt(3 * np.clip(e, 0, None)), a * np.log(np.clip(12 * e - b, 1e-9, None)) + c)
+
+
+def make_ramp(path: Path, nits: np.ndarray, signal: np.ndarray, trc: int) -> Path:
+    """A grey ramp, left to right, 1280x720 10-bit HEVC tagged BT.2020 + `trc`, no light-level metadata."""
+    w, h = 1280, 720
+    y_row = np.round(64 + 876 * signal).astype(np.uint16)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx265", rate=24, options={"preset": "ultrafast", "x265-params": "log-level=error"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
+        ctx = stream.codec_context
+        ctx.color_trc, ctx.color_primaries, ctx.colorspace = trc, 9, 9
+        planes = np.empty((h * 3 // 2, w), np.uint16)
+        planes[:h] = np.repeat(y_row[None, :], h, axis=0)
+        planes[h:] = 512
+        for i in range(72):
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p10le")
+            frame.pts, frame.time_base = i, Fraction(1, 24)
+            frame.color_trc, frame.color_primaries, frame.colorspace = trc, 9, 9
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    assert len(nits) == w
+    return path
+
+
+@pytest.mark.parametrize(("kind", "peak"), [("pq", 4000.0), ("hlg", 1000.0)])
+def test_hdr_ramp_rolls_off_instead_of_clipping(tmp_path: Path, kind: str, peak: float) -> None:
+    """A ramp to `peak` cd/m² with no MaxCLL: ≤ 1 % clipped pixels, the highlights keep a gradient, 20 cd/m²
+    lands near SDR's 20 % (code ≈ 131 of 255), and the peak used is reported."""
+    nits = np.linspace(0, peak, 1280)
+    signal = pq_signal(nits) if kind == "pq" else hlg_signal(nits)
+    src = make_ramp(tmp_path / f"{kind}.mp4", nits, signal, 16 if kind == "pq" else 18)
+    record = preprocess_job(
+        JobRecord(job_id="h", row=1, prompt="Make it snow in @Video1", video=str(src)),
+        PreprocessSettings(work_dir=str(tmp_path / "w"), x264_preset="ultrafast"),
+    )
+    assert record.status == "pending", record.error
+    peaks = [a for a in record.preprocess_actions if a.startswith("tonemap_peak:")]
+    assert peaks and peaks[0].endswith("(measured)")
+    measured = float(peaks[0].split(":")[1].split()[0])
+    assert measured == pytest.approx(peak, rel=0.1)
+    rgb = decode_bt709(record.input_path)
+    row = rgb[360, 8:-8].mean(axis=-1)
+    clipped = (rgb[:, 8:-8] >= 254.5).any(axis=-1).mean()
+    assert clipped <= 0.01, f"{clipped:.1%} clipped"
+    top = row[nits[8:-8] >= peak / 4]  # the brightest three quarters of the ramp's range (flat at 255 before)
+    assert np.all(np.diff(top) >= -1.0) and top[-1] - top[0] >= 5  # still a gradient, rising to the peak
+    assert row.std() > 10  # the whole ramp is not flattened (it was: std ~1 at 255)
+    grey = row[np.argmin(np.abs(nits[8:-8] - 20))]
+    assert abs(grey - 255 * 0.2 ** (1 / 2.4)) < 15, grey
+    print(f"{kind}: peak {measured:g} cd/m2, clipped {clipped:.2%}, grey {grey:.0f}, top {top[0]:.0f}..{top[-1]:.0f}")
