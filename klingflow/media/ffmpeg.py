@@ -16,6 +16,7 @@ copy take under 0.1 s.
 
 from __future__ import annotations
 
+import re
 import subprocess
 
 import imageio_ffmpeg
@@ -76,6 +77,8 @@ def video_filters(plan: Plan) -> str:
     The colour conversion runs first, at the source's size; every re-encode ends tagged BT.709 limited.
     """
     chain: list[str] = []
+    if plan.start_s:  # a lead-in: each stream's first sample lands at 0 (no frame repeated to fill the gap)
+        chain.append("setpts=PTS-STARTPTS")
     if plan.tonemap and plan.colour_in is not None:
         chain += [tonemap_filter(plan.colour_in, plan.tonemap_peak_nits or 1000.0), "format=yuv420p"]
     elif plan.colour_in is not None:
@@ -98,7 +101,8 @@ def _audio_args(plan: Plan, audio_kbps: int) -> list[str]:
     if plan.audio == "copy":
         return ["-c:a", "copy"]
     args = ["-c:a", "aac", "-b:a", f"{audio_kbps}k"]
-    return [*args, "-af", "apad"] if plan.freeze_to_s else args
+    filters = [*(["asetpts=PTS-STARTPTS"] if plan.start_s else []), *(["apad"] if plan.freeze_to_s else [])]
+    return [*args, "-af", ",".join(filters)] if filters else args
 
 
 def ffmpeg_args(src: str, dst: str, plan: Plan, *, crf: int, preset: str, audio_kbps: int) -> list[str]:
@@ -118,6 +122,24 @@ def ffmpeg_args(src: str, dst: str, plan: Plan, *, crf: int, preset: str, audio_
     if end:
         args += ["-t", f"{end:g}"]
     return [*args, "-movflags", "+faststart", "-f", "mp4", dst]
+
+
+def decode_errors(path: str, *, timeout_s: float) -> str | None:
+    """Decode every video and audio frame of a file (no output); what the decoders said, or None when clean.
+
+    A damaged mdat keeps the index intact: the file probes fine and would be sent (fal's decoder then fails
+    the paid job). Only decoding all of it shows the damage.
+    """
+    args = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", path, "-map", "0:v:0", "-map", "0:a?"]
+    try:
+        done = subprocess.run([*args, "-f", "null", "-"], capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise MediaError(f"decoding the file took longer than {timeout_s:g} s") from exc
+    lines = [re.sub(r" @ 0x[0-9a-f]+", "", line).strip() for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode == 0 and not lines:
+        return None
+    more = f" (+{len(lines) - 2} more)" if len(lines) > 2 else ""
+    return "; ".join(lines[:2]) + more if lines else f"ffmpeg exit {done.returncode}"
 
 
 def run_ffmpeg(args: list[str], *, timeout_s: float) -> None:

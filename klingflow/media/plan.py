@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from klingflow.endpoint import (
+    DURATION_TOLERANCE_S,
     MAX_DURATION_S,
     MAX_FPS,
     MAX_SIDE_PX,
@@ -115,6 +116,8 @@ def needs_colour_conversion(colour: Colour) -> bool:
 
 # Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
 REMUX_TRIM_FRAMES = 3
+# A stream starting later than this (an edit list's empty edit, a lead-in) is not passed through.
+START_TOLERANCE_S = 0.05
 # Peak assumed when an HDR probe carries none (a probe from before peaks were measured): PQ 1000, HLG 1000.
 HDR_DEFAULT_PEAK_NITS = {16: 1000.0, 18: 1000.0}
 
@@ -142,6 +145,7 @@ class Plan(BaseModel):
     height: int
     duration_s: float  # expected output duration
     trim_s: float | None = None  # cut at this time
+    start_s: float | None = None  # begin at this source time (a lead-in's end: the first frame), landing at 0
     freeze_to_s: float | None = None  # freeze the last frame until this time
     fps: float | None = None  # constant output rate; None keeps the source's
     scale: tuple[int, int] | None = None  # picture size before any bars
@@ -183,10 +187,17 @@ def target_fps(probe: VideoProbe) -> float | None:
     return float(min(max(round(fps), MIN_FPS), MAX_FPS))
 
 
+def streams_end_s(probe: VideoProbe) -> float:
+    """How long the file is as a whole: the longest of the video, the audio and the container."""
+    return max(probe.duration_s, probe.audio_duration_s or 0.0, probe.container_duration_s or 0.0)
+
+
 def _duration_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[float, float | None, float | None, list[str]]:
     """(output duration, trim_s, freeze_to_s, actions), or MediaError under a reject policy."""
     dur = probe.duration_s
     if duration_in_limits(dur):
+        if streams_end_s(probe) > MAX_DURATION_S + DURATION_TOLERANCE_S:  # e.g. audio 10.3 s beside 10 s of video
+            return dur, dur, None, ["cut_to_video"]
         return dur, None, None, []
     if dur > MAX_DURATION_S:
         if opts.too_long is TooLongPolicy.reject:
@@ -262,8 +273,10 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     over_bytes = probe.size_bytes * (duration / max(probe.duration_s, 0.001)) > opts.max_video_bytes
     width, height = box or scale or (probe.width, probe.height)
     video_ok = _picture_ok(probe, opts) and fps is None and not size_actions and not force_transcode
+    lead_in = probe.start_s > START_TOLERANCE_S  # re-encoded from the first frame, which lands at 0
+    cut_to_video = "cut_to_video" in dur_actions
 
-    if video_ok and not freeze_to_s and not over_bytes:
+    if video_ok and not freeze_to_s and not over_bytes and not lead_in and not cut_to_video:
         audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
         if _container_ok(probe) and not dur_actions and not audio_actions:
             return Plan(mode="passthrough", actions=["passthrough"], width=width, height=height, duration_s=duration)
@@ -275,9 +288,9 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         )
 
     audio, audio_actions = _audio_mode(probe, opts, reencoding=True)
-    if freeze_to_s and audio == "copy":
+    if (freeze_to_s or trim_s or lead_in) and audio == "copy":  # padded or cut exactly, not at a packet boundary
         audio, audio_actions = "aac", [*audio_actions, "audio_transcode"]
-    actions = ["transcode", *dur_actions, *size_actions]
+    actions = ["transcode", *(["start_at_zero"] if lead_in else []), *dur_actions, *size_actions]
     if probe.rotation % 360:
         actions.append("rotate")
     if fps is not None:
@@ -304,6 +317,7 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         height=height,
         duration_s=duration,
         trim_s=trim_s,
+        start_s=probe.start_s if lead_in else None,
         freeze_to_s=freeze_to_s,
         fps=fps,
         scale=scale,

@@ -49,6 +49,9 @@ class VideoProbe(BaseModel):
     color_range: int | None = None  # FFmpeg AVColorRange: 0 unspecified, 1 tv (limited), 2 pc (full)
     hdr_peak_nits: float | None = None  # HDR only: the brightest pixel, from light-level metadata or measured
     hdr_peak_source: str | None = None  # "MaxCLL" or "measured"
+    start_s: float = 0.0  # the latest first timestamp of the video and audio streams: a lead-in (empty edit)
+    audio_duration_s: float | None = None
+    container_duration_s: float | None = None  # the file's own duration (every stream, incl. ones not probed)
     has_audio: bool
     audio_codec: str | None
 
@@ -207,6 +210,8 @@ def probe_video(path: str | os.PathLike[str], *, check_complete: bool = True) ->
             swapped = rotation % 180 != 0
             trc = getattr(ctx, "color_trc", None)
             duration = _duration(container, stream)
+            starts = [float(s.start_time * s.time_base) for s in (stream, audio) if s and s.start_time is not None]
+            audio_duration = float(audio.duration * audio.time_base) if audio and audio.duration else None
             if check_complete:
                 _check_complete(container, stream, duration, avg or base or 24.0)
             return VideoProbe(
@@ -232,6 +237,9 @@ def probe_video(path: str | os.PathLike[str], *, check_complete: bool = True) ->
                 color_range=getattr(ctx, "color_range", None),
                 **(_hdr_peak(container, stream, trc, duration) if trc in HDR_TRANSFERS else {}),
                 has_audio=audio is not None,
+                start_s=max([0.0, *starts]),
+                audio_duration_s=audio_duration,
+                container_duration_s=container.duration / av.time_base if container.duration else None,
                 audio_codec=audio.codec_context.name if audio is not None else None,
             )
     except MediaError:

@@ -139,6 +139,7 @@ def test_ffmpeg_command_for_hdr_rotated_long_clip() -> None:
         "tonemap",
         "tonemap_peak:1000 cd/m2 (assumed)",
         "color:bt2020/smpte2084/bt709/tv->bt709/bt709/bt709/tv",
+        "audio_transcode",  # cut exactly at 10 s, not at an AAC packet boundary
     ]
     args = ffmpeg_args("in.mov", "out.mp4", plan, crf=18, preset="medium", audio_kbps=192)
     vf = args[args.index("-vf") + 1]
@@ -153,4 +154,4 @@ def test_ffmpeg_command_for_hdr_rotated_long_clip() -> None:
         and "-color_trc bt709" in joined
         and "-color_range tv" in joined
     )
-    assert "-c:a copy" in joined and "-t 10" in joined and "-movflags +faststart -f mp4 out.mp4" in joined
+    assert "-c:a aac" in joined and "-t 10" in joined and "-movflags +faststart -f mp4 out.mp4" in joined
