@@ -1,9 +1,9 @@
 """Decide what an input video needs to satisfy the endpoint, from its probe alone (pure, no I/O).
 
 The decision is "least work": pass the original through when it already complies, stream-copy into
-an .mp4 (remux, optionally cutting at 10 s) when only the container, the length or the audio codec
-is wrong, and re-encode only when the picture itself must change (codec, pixel format, HDR,
-rotation, size, frame rate, bytes). Rejections raise MediaError with a plain reason.
+an .mp4 (remux) when only the container or the audio codec is wrong, and re-encode when the picture
+must change (codec, pixel format, colour, HDR, rotation, size, frame rate, bytes) or the timing does
+(a cut, which must be frame-accurate, or a lead-in). Rejections raise MediaError with a plain reason.
 """
 
 from __future__ import annotations
@@ -114,8 +114,6 @@ def needs_colour_conversion(colour: Colour) -> bool:
     )
 
 
-# Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
-REMUX_TRIM_FRAMES = 3
 # A stream starting later than this (an edit list's empty edit, a lead-in) is not passed through.
 START_TOLERANCE_S = 0.05
 # Peak assumed when an HDR probe carries none (a probe from before peaks were measured): PQ 1000, HLG 1000.
@@ -274,18 +272,16 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     width, height = box or scale or (probe.width, probe.height)
     video_ok = _picture_ok(probe, opts) and fps is None and not size_actions and not force_transcode
     lead_in = probe.start_s > START_TOLERANCE_S  # re-encoded from the first frame, which lands at 0
-    cut_to_video = "cut_to_video" in dur_actions
 
-    if video_ok and not freeze_to_s and not over_bytes and not lead_in and not cut_to_video:
+    # Any cut re-encodes: a stream copy cuts at packets (B-frame reordering kept 242 frames past -t 10, and
+    # cutting 3 frames early left an 83 ms gap and audio 108 ms short); a re-encode keeps exactly the frames
+    # inside the window and cuts the audio with them.
+    if video_ok and not freeze_to_s and not over_bytes and not lead_in and not trim_s:
         audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
         if _container_ok(probe) and not dur_actions and not audio_actions:
             return Plan(mode="passthrough", actions=["passthrough"], width=width, height=height, duration_s=duration)
-        if trim_s:  # a stream copy cut keeps up to ~2 reordered frames past -t: cut 3 frames early
-            trim_s = duration = trim_s - REMUX_TRIM_FRAMES / (probe.fps or probe.base_fps)
-        actions = ["remux", *dur_actions, *audio_actions]
-        return Plan(
-            mode="remux", actions=actions, width=width, height=height, duration_s=duration, trim_s=trim_s, audio=audio
-        )
+        actions = ["remux", *audio_actions]
+        return Plan(mode="remux", actions=actions, width=width, height=height, duration_s=duration, audio=audio)
 
     audio, audio_actions = _audio_mode(probe, opts, reencoding=True)
     if (freeze_to_s or trim_s or lead_in) and audio == "copy":  # padded or cut exactly, not at a packet boundary

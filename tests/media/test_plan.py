@@ -66,7 +66,7 @@ def test_fit_size(size: tuple[int, int], fitted: tuple[int, int] | None) -> None
         ({"path": "/in/clip.m4v"}, "remux", ["remux"]),
         ({"container": "matroska,webm", "path": "/in/a.mkv"}, "remux", ["remux"]),
         ({"audio_codec": "opus"}, "remux", ["remux", "audio_transcode"]),
-        ({"duration_s": 30.0}, "remux", ["remux", "trim"]),
+        ({"duration_s": 30.0}, "transcode", ["transcode", "trim", "audio_transcode"]),
         ({"video_codec": "hevc"}, "transcode", ["transcode"]),
         ({"rotation": -90, "width": 1080, "height": 1920}, "transcode", ["transcode", "rotate"]),
         ({"fps": 120.0, "base_fps": 120.0}, "transcode", ["transcode", "fps"]),
@@ -84,16 +84,16 @@ def test_least_work_decision(changes: dict, mode: str, actions: list[str]) -> No
     assert (plan.mode, plan.actions) == (mode, actions)
 
 
-def test_remux_trim_stops_short_of_the_limit() -> None:
-    """A stream-copy cut ends 3 frames before 10 s (copies keep reordered frames past -t)."""
+def test_trim_is_a_frame_accurate_reencode_at_the_limit() -> None:
+    """A cut re-encodes (a stream copy cuts at packets) exactly at 10 s, the audio with it."""
     plan = plan_video(probe(duration_s=14.0), PlanOptions())
-    assert plan.trim_s == pytest.approx(10.0 - 3 / 30)
+    assert (plan.mode, plan.trim_s, plan.duration_s, plan.audio) == ("transcode", 10.0, 10.0, "aac")
 
 
-def test_over_limit_file_that_fits_after_trim_is_only_remuxed() -> None:
-    """250 MB over 20 s is 125 MB once cut to 10 s: no re-encode needed."""
+def test_over_limit_file_that_fits_after_trim_has_no_bitrate_cap() -> None:
+    """250 MB over 20 s is 125 MB once cut to 10 s: the cut re-encode needs no extra rate cap action."""
     plan = plan_video(probe(duration_s=20.0, size_bytes=250_000_000), PlanOptions())
-    assert plan.mode == "remux"
+    assert plan.mode == "transcode" and "bitrate_cap" not in plan.actions
 
 
 def test_rejections_carry_the_policy_to_change() -> None:
