@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -184,3 +185,43 @@ def de2000_lab(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
 def bar_errors(path: str | Path) -> np.ndarray:
     """ΔE2000 of each bar of a clip decoded as BT.709 limited, against the chart."""
     return delta_e2000(patch_means(decode_bt709(path)), BARS.astype(float))
+
+
+# --- HDR ramps ---------------------------------------------------------------------------------
+
+M1, M2, C1, C2, C3 = 2610 / 16384, 2523 / 4096 * 128, 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
+
+
+def pq_signal(nits: np.ndarray) -> np.ndarray:
+    """SMPTE ST 2084 inverse EOTF: cd/m² -> signal 0..1."""
+    y = (np.asarray(nits, float) / 10000) ** M1
+    return ((C1 + C2 * y) / (1 + C3 * y)) ** M2
+
+
+def hlg_signal(nits: np.ndarray) -> np.ndarray:
+    """BT.2100 HLG for a 1000 cd/m² display: inverse OOTF (gamma 1.2) then the OETF."""
+    e = (np.asarray(nits, float) / 1000) ** (1 / 1.2)
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    return np.where(e <= 1 / 12, np.sqrt(3 * np.clip(e, 0, None)), a * np.log(np.clip(12 * e - b, 1e-9, None)) + c)
+
+
+def make_ramp(path: Path, nits: np.ndarray, signal: np.ndarray, trc: int) -> Path:
+    """A grey ramp, left to right, 1280x720 10-bit HEVC tagged BT.2020 + `trc`, no light-level metadata."""
+    w, h = 1280, 720
+    y_row = np.round(64 + 876 * signal).astype(np.uint16)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx265", rate=24, options={"preset": "ultrafast", "x265-params": "log-level=error"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p10le"
+        ctx = stream.codec_context
+        ctx.color_trc, ctx.color_primaries, ctx.colorspace = trc, 9, 9
+        planes = np.empty((h * 3 // 2, w), np.uint16)
+        planes[:h] = np.repeat(y_row[None, :], h, axis=0)
+        planes[h:] = 512
+        for i in range(72):
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p10le")
+            frame.pts, frame.time_base = i, Fraction(1, 24)
+            frame.color_trc, frame.color_primaries, frame.colorspace = trc, 9, 9
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    assert len(nits) == w
+    return path
