@@ -313,7 +313,9 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         height=height,
         duration_s=duration,
         trim_s=trim_s,
-        start_s=probe.start_s if lead_in else None,
+        # Streams that start together are each re-timed to 0; when one starts later than another (audio from 0,
+        # video from 2 s), ffmpeg keeps their offset (CFR repeats the first frame) so that sync is kept.
+        start_s=probe.start_s if lead_in and probe.start_s - probe.earliest_start_s <= START_TOLERANCE_S else None,
         freeze_to_s=freeze_to_s,
         fps=fps,
         scale=scale,

@@ -50,6 +50,7 @@ class VideoProbe(BaseModel):
     hdr_peak_nits: float | None = None  # HDR only: the brightest pixel, from light-level metadata or measured
     hdr_peak_source: str | None = None  # "MaxCLL" or "measured"
     start_s: float = 0.0  # the latest first timestamp of the video and audio streams: a lead-in (empty edit)
+    earliest_start_s: float = 0.0  # the earliest: streams that start together have start_s - this ≈ 0
     audio_duration_s: float | None = None
     container_duration_s: float | None = None  # the file's own duration (every stream, incl. ones not probed)
     has_audio: bool
@@ -238,6 +239,7 @@ def probe_video(path: str | os.PathLike[str], *, check_complete: bool = True) ->
                 **(_hdr_peak(container, stream, trc, duration) if trc in HDR_TRANSFERS else {}),
                 has_audio=audio is not None,
                 start_s=max([0.0, *starts]),
+                earliest_start_s=max(0.0, min(starts, default=0.0)),
                 audio_duration_s=audio_duration,
                 container_duration_s=container.duration / av.time_base if container.duration else None,
                 audio_codec=audio.codec_context.name if audio is not None else None,

@@ -51,6 +51,13 @@ def test_whole_file_decides_passthrough(changes: dict, actions: list[str]) -> No
         assert plan.trim_s == changes["duration_s"]
 
 
+@pytest.mark.parametrize(("earliest", "retimed"), [(1.98, True), (0.0, False)])
+def test_lead_in_is_retimed_only_when_streams_start_together(earliest: float, retimed: bool) -> None:
+    """Both streams from 2 s: each re-timed to 0. Audio from 0, video from 2 s: the offset is content (sync kept)."""
+    plan = plan_video(probe(start_s=2.0, earliest_start_s=earliest), PlanOptions())
+    assert "start_at_zero" in plan.actions and (plan.start_s is not None) == retimed
+
+
 def test_edit_listed_late_start_is_sent_from_zero(corpus: Corpus, tmp_path: Path) -> None:
     """First pts at 2.0 s (an empty edit): the output starts at 0 and lasts what the frames last, not 2 s more."""
     src = corpus["late_start.mp4"]
