@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from klingflow.media.synth import make_audio_only, make_clip, make_image
@@ -45,6 +46,7 @@ CLIPS: dict[str, tuple[str, dict]] = {
         {"width": 640, "height": 360, "seconds": 14, "codec": "libvpx-vp9", "container_format": "webm", "audio": False},
     ),
     "short2": ("short2.mp4", {**HD, "seconds": 2}),
+    "video10": ("video10.mp4", {**HD, "seconds": 10, "audio": False}),
     "ultrawide": ("ultrawide.mp4", {"width": 2400, "height": 600, "seconds": 3}),
 }
 
@@ -65,6 +67,50 @@ def _faststart_truncated(path: Path, source: Path) -> None:
     subprocess.run([*cmd, str(full)], check=True)
     data = full.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _ffmpeg(*args: str) -> None:
+    import subprocess
+
+    from klingflow.media.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def _late_start(path: Path, source: Path) -> None:
+    """Stream copy shifted by 2 s: an edit list whose empty edit is a 2 s lead-in (first pts at 2.0 s)."""
+    _ffmpeg("-itsoffset", "2", "-i", str(source), "-c", "copy", str(path))
+
+
+def _audio_longer(path: Path, video: Path) -> None:
+    """10.0 s of video with 10.3 s of AAC audio: the container is 10.3 s."""
+    tone = "sine=frequency=440:sample_rate=48000:duration=10.3"
+    _ffmpeg(
+        "-i",
+        str(video),
+        "-f",
+        "lavfi",
+        "-i",
+        tone,
+        "-map",
+        "0:v",
+        "-map",
+        "1:a",
+        "-c:v",
+        "copy",
+        "-c:a",
+        "aac",
+        str(path),
+    )
+
+
+def _corrupt_mdat(path: Path, source: Path) -> None:
+    """A compliant mp4 with 4 kB of its media data overwritten: the index is intact, frames are damaged."""
+    data = bytearray(source.read_bytes())
+    start = data.index(b"mdat") + 4
+    at = start + (len(data) - start) // 3
+    data[at : at + 4096] = np.random.default_rng(25).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
 
 
 class Corpus:
@@ -89,6 +135,9 @@ class Corpus:
             "broken_truncated.mp4": lambda p: _truncated(p, self["compliant"]),
             "broken_faststart_truncated.mp4": lambda p: _faststart_truncated(p, self["compliant"]),
             "broken_audio_only.mp4": lambda p: make_audio_only(p, seconds=3),
+            "broken_corrupt_mdat.mp4": lambda p: _corrupt_mdat(p, self["compliant"]),
+            "late_start.mp4": lambda p: _late_start(p, self["compliant"]),
+            "audio_longer.mp4": lambda p: _audio_longer(p, self["video10"]),
             "image_jpg.jpg": lambda p: make_image(p, width=800, height=600),
             "image_png.png": lambda p: make_image(p, width=640, height=640, color="teal"),
             "image_bmp.bmp": lambda p: make_image(p, width=640, height=480),

@@ -1,9 +1,9 @@
 """Decide what an input video needs to satisfy the endpoint, from its probe alone (pure, no I/O).
 
 The decision is "least work": pass the original through when it already complies, stream-copy into
-an .mp4 (remux, optionally cutting at 10 s) when only the container, the length or the audio codec
-is wrong, and re-encode only when the picture itself must change (codec, pixel format, HDR,
-rotation, size, frame rate, bytes). Rejections raise MediaError with a plain reason.
+an .mp4 (remux) when only the container or the audio codec is wrong, and re-encode when the picture
+must change (codec, pixel format, colour, HDR, rotation, size, frame rate, bytes) or the timing does
+(a cut, which must be frame-accurate, or a lead-in). Rejections raise MediaError with a plain reason.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from klingflow.endpoint import (
+    DURATION_TOLERANCE_S,
     MAX_DURATION_S,
     MAX_FPS,
     MAX_SIDE_PX,
@@ -30,13 +31,93 @@ from klingflow.errors import MediaError
 from klingflow.media.probe import VideoProbe
 from klingflow.models import AspectPolicy, TooLongPolicy, TooShortPolicy
 
-# Pixel formats a passthrough H.264 stream may have (8-bit 4:2:0; yuvj420p is full-range 4:2:0).
-PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p", "yuvj420p"})
+# The pixel format a passthrough H.264 stream may have: 8-bit 4:2:0, limited range (yuvj420p is full range).
+PASSTHROUGH_PIX_FMTS = frozenset({"yuv420p"})
 # Audio codecs the mp4 muxer takes and every decoder plays; anything else is re-encoded to AAC.
 COPYABLE_AUDIO = frozenset({"aac", "mp3"})
-BT2020_PRIMARIES = 9
-# Measured: `-c copy -t 10` on a 24 fps H.264 with B-frames kept 242 frames (10.08 s), beyond 10.05 s.
-REMUX_TRIM_FRAMES = 3
+
+# --- colour ------------------------------------------------------------------------------------
+# FFmpeg's enum numbers (AVColorPrimaries, AVColorTransferCharacteristic, AVColorSpace) -> the names that
+# zscale and ffmpeg's -color_* options both take. Numbers not listed (unspecified, reserved, exotic)
+# count as untagged and are guessed like FFmpeg and players do: by picture size.
+PRIMARIES = {
+    1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "film", 9: "bt2020",
+    10: "smpte428", 11: "smpte431", 12: "smpte432", 22: "jedec-p22",
+}  # fmt: skip
+TRANSFERS = {
+    1: "bt709", 4: "bt470m", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 8: "linear", 11: "iec61966-2-4",
+    13: "iec61966-2-1", 14: "bt2020-10", 15: "bt2020-12", 16: "smpte2084", 18: "arib-std-b67",
+}  # fmt: skip
+MATRICES = {1: "bt709", 4: "fcc", 5: "bt470bg", 6: "smpte170m", 7: "smpte240m", 9: "bt2020nc", 10: "bt2020c"}
+# Transfers with BT.709's curve (BT.601, BT.2020 at 10/12 bits are the same function): no re-encoding of values.
+TRANSFERS_LIKE_709 = frozenset({"bt709", "smpte170m", "bt2020-10", "bt2020-12"})
+# Pixel formats that hold RGB (or a palette of RGB): no matrix, full range, BT.709 primaries unless tagged.
+# An untagged RGB source's R'G'B' values are kept as BT.709's (sRGB shares the primaries; encoders and
+# players treat its curve as BT.709's), so only the matrix and the range are applied.
+RGB_PIX_FMT_PREFIXES = ("rgb", "bgr", "gbr", "argb", "abgr", "0rgb", "0bgr", "pal8", "x2rgb", "x2bgr")
+
+
+class Colour(BaseModel):
+    """A colour description in FFmpeg/zscale names; matrix "gbr" means RGB samples."""
+
+    primaries: str
+    transfer: str
+    matrix: str
+    range: Literal["tv", "pc"]
+
+    def __str__(self) -> str:
+        return f"{self.primaries}/{self.transfer}/{self.matrix}/{self.range}"
+
+
+# The contract of every re-encode: BT.709 primaries, transfer and matrix, limited range.
+BT709 = Colour(primaries="bt709", transfer="bt709", matrix="bt709", range="tv")
+
+
+def is_rgb(pix_fmt: str | None) -> bool:
+    return bool(pix_fmt) and pix_fmt.startswith(RGB_PIX_FMT_PREFIXES)
+
+
+def _is_hd(probe: VideoProbe) -> bool:
+    """The usual guess for untagged video: HD sizes are BT.709, smaller ones BT.601."""
+    return probe.coded_width >= 1280 or probe.coded_height >= 720
+
+
+def source_colour(probe: VideoProbe) -> Colour:
+    """What the source's samples mean: its tags, and the usual guesses for what is untagged."""
+    primaries = PRIMARIES.get(probe.color_primaries or 0)
+    transfer = TRANSFERS.get(probe.color_transfer or 0)
+    if is_rgb(probe.pix_fmt):  # GIF, PNG, RGB codecs
+        return Colour(primaries=primaries or "bt709", transfer=transfer or "bt709", matrix="gbr", range="pc")
+    matrix = MATRICES.get(probe.color_space or 0)
+    full = (probe.pix_fmt or "").startswith("yuvj") or probe.color_range == 2
+    if _is_hd(probe):
+        guess = BT709
+    else:  # SD: BT.601, 625-line (576) with EBU primaries, else 525-line SMPTE-C
+        pal = probe.coded_height in (288, 576)
+        sd_primaries = "bt470bg" if pal else "smpte170m"
+        guess = Colour(primaries=sd_primaries, transfer="smpte170m", matrix="smpte170m", range="tv")
+    return Colour(
+        primaries=primaries or guess.primaries,
+        transfer=transfer or guess.transfer,
+        matrix=matrix or guess.matrix,
+        range="pc" if full else "tv",
+    )
+
+
+def needs_colour_conversion(colour: Colour) -> bool:
+    """Whether the samples must change (not just their tags) to mean BT.709 limited range."""
+    return (
+        colour.primaries != BT709.primaries
+        or colour.matrix != BT709.matrix
+        or colour.range != BT709.range
+        or colour.transfer not in TRANSFERS_LIKE_709
+    )
+
+
+# A stream starting later than this (an edit list's empty edit, a lead-in) is not passed through.
+START_TOLERANCE_S = 0.05
+# Peak assumed when an HDR probe carries none (a probe from before peaks were measured): PQ 1000, HLG 1000.
+HDR_DEFAULT_PEAK_NITS = {16: 1000.0, 18: 1000.0}
 
 
 class PlanOptions(BaseModel):
@@ -62,11 +143,14 @@ class Plan(BaseModel):
     height: int
     duration_s: float  # expected output duration
     trim_s: float | None = None  # cut at this time
+    start_s: float | None = None  # begin at this source time (a lead-in's end: the first frame), landing at 0
     freeze_to_s: float | None = None  # freeze the last frame until this time
     fps: float | None = None  # constant output rate; None keeps the source's
     scale: tuple[int, int] | None = None  # picture size before any bars
     box: tuple[int, int] | None = None  # frame size with bars (aspect pad)
     tonemap: bool = False
+    colour_in: Colour | None = None  # convert from this description to BT709 (None: the samples already are)
+    tonemap_peak_nits: float | None = None  # HDR: the source peak the tone curve rolls off to
     audio: Literal["copy", "aac", "none"] = "copy"
     video_max_kbps: int | None = None
 
@@ -101,10 +185,17 @@ def target_fps(probe: VideoProbe) -> float | None:
     return float(min(max(round(fps), MIN_FPS), MAX_FPS))
 
 
+def streams_end_s(probe: VideoProbe) -> float:
+    """How long the file is as a whole: the longest of the video, the audio and the container."""
+    return max(probe.duration_s, probe.audio_duration_s or 0.0, probe.container_duration_s or 0.0)
+
+
 def _duration_plan(probe: VideoProbe, opts: PlanOptions) -> tuple[float, float | None, float | None, list[str]]:
     """(output duration, trim_s, freeze_to_s, actions), or MediaError under a reject policy."""
     dur = probe.duration_s
     if duration_in_limits(dur):
+        if streams_end_s(probe) > MAX_DURATION_S + DURATION_TOLERANCE_S:  # e.g. audio 10.3 s beside 10 s of video
+            return dur, dur, None, ["cut_to_video"]
         return dur, None, None, []
     if dur > MAX_DURATION_S:
         if opts.too_long is TooLongPolicy.reject:
@@ -145,9 +236,9 @@ def _picture_ok(probe: VideoProbe, opts: PlanOptions) -> bool:
     """Whether the coded picture can be stream-copied (timing and size are judged by their own plans)."""
     return (
         probe.video_codec in opts.passthrough_codecs
-        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 only
+        and probe.pix_fmt in PASSTHROUGH_PIX_FMTS  # 8-bit 4:2:0 limited range only
         and not probe.is_hdr
-        and probe.color_primaries != BT2020_PRIMARIES
+        and not needs_colour_conversion(source_colour(probe))  # BT.709 or untagged HD
         and probe.rotation % 360 == 0
     )
 
@@ -182,30 +273,37 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
     over_bytes = probe.size_bytes * (duration / max(probe.duration_s, 0.001)) > opts.max_video_bytes
     width, height = box or scale or (probe.width, probe.height)
     video_ok = _picture_ok(probe, opts) and fps is None and not size_actions and not force_transcode
+    lead_in = probe.start_s > START_TOLERANCE_S  # re-encoded from the first frame, which lands at 0
 
-    if video_ok and not freeze_to_s and not over_bytes:
+    # Any cut re-encodes: a stream copy cuts at packets (B-frame reordering kept 242 frames past -t 10, and
+    # cutting 3 frames early left an 83 ms gap and audio 108 ms short); a re-encode keeps exactly the frames
+    # inside the window and cuts the audio with them.
+    if video_ok and not freeze_to_s and not over_bytes and not lead_in and not trim_s:
         audio, audio_actions = _audio_mode(probe, opts, reencoding=False)
         if _container_ok(probe) and not dur_actions and not audio_actions:
             return Plan(mode="passthrough", actions=["passthrough"], width=width, height=height, duration_s=duration)
-        if trim_s:  # a stream copy cut keeps up to ~2 reordered frames past -t: cut 3 frames early
-            trim_s = duration = trim_s - REMUX_TRIM_FRAMES / (probe.fps or probe.base_fps)
-        actions = ["remux", *dur_actions, *audio_actions]
-        return Plan(
-            mode="remux", actions=actions, width=width, height=height, duration_s=duration, trim_s=trim_s, audio=audio
-        )
+        actions = ["remux", *audio_actions]
+        return Plan(mode="remux", actions=actions, width=width, height=height, duration_s=duration, audio=audio)
 
     audio, audio_actions = _audio_mode(probe, opts, reencoding=True)
-    if freeze_to_s and audio == "copy":
+    if (freeze_to_s or trim_s or lead_in) and audio == "copy":  # padded or cut exactly, not at a packet boundary
         audio, audio_actions = "aac", [*audio_actions, "audio_transcode"]
-    actions = ["transcode", *dur_actions, *size_actions]
+    actions = ["transcode", *(["start_at_zero"] if lead_in else []), *dur_actions, *size_actions]
     if probe.rotation % 360:
         actions.append("rotate")
     if fps is not None:
         actions.append("cfr" if probe.is_vfr else "fps")
+    colour = source_colour(probe)
+    convert = probe.is_hdr or needs_colour_conversion(colour)
+    peak = None
     if probe.is_hdr:
-        actions.append("tonemap")
+        peak = probe.hdr_peak_nits or HDR_DEFAULT_PEAK_NITS[probe.color_transfer or 16]
+        how = probe.hdr_peak_source if probe.hdr_peak_nits else "assumed"
+        actions += ["tonemap", f"tonemap_peak:{peak:g} cd/m2 ({how})"]
     elif probe.pix_fmt not in PASSTHROUGH_PIX_FMTS:
         actions.append("pix_fmt")
+    if convert:
+        actions.append(f"color:{colour}->{BT709}")
     max_kbps = video_budget_kbps(duration, audio != "none", opts)
     source_kbps = probe.size_bytes * 8 / max(probe.duration_s, 0.001) / 1000
     if over_bytes or source_kbps > max_kbps:
@@ -217,11 +315,16 @@ def plan_video(probe: VideoProbe, opts: PlanOptions, *, force_transcode: bool = 
         height=height,
         duration_s=duration,
         trim_s=trim_s,
+        # Streams that start together are each re-timed to 0; when one starts later than another (audio from 0,
+        # video from 2 s), ffmpeg keeps their offset (CFR repeats the first frame) so that sync is kept.
+        start_s=probe.start_s if lead_in and probe.start_s - probe.earliest_start_s <= START_TOLERANCE_S else None,
         freeze_to_s=freeze_to_s,
         fps=fps,
         scale=scale,
         box=box,
         tonemap=probe.is_hdr,
+        colour_in=colour if convert else None,
+        tonemap_peak_nits=peak,
         audio=audio,
         video_max_kbps=max_kbps,
     )

@@ -23,6 +23,7 @@ Policies (PreprocessSettings, defaults and why):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,11 +35,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from klingflow.cachedir import private_dir
 from klingflow.endpoint import MAX_VIDEO_BYTES, billable_seconds, prompt_reference_errors
 from klingflow.errors import JobError, MediaError
-from klingflow.hashing import sha256_file
+from klingflow.hashing import file_version, sha256_file
 from klingflow.inputs import InputPolicy
 from klingflow.media.cache import CacheEntry, TranscodeCache
 from klingflow.media.fetch import check_local, download, is_url, part_path
-from klingflow.media.ffmpeg import ffmpeg_args, run_ffmpeg
+from klingflow.media.ffmpeg import decode_errors, ffmpeg_args, run_ffmpeg
 from klingflow.media.images import image_fixes, image_problems, normalize_image, probe_image
 from klingflow.media.plan import Plan, PlanOptions, endpoint_problems, plan_video
 from klingflow.media.probe import VideoProbe, probe_source, probe_video
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 # Bump when the output of a transform changes (filters, encoder flags): old cache entries then miss.
-PREPROCESS_VERSION = "1"
+PREPROCESS_VERSION = "2"  # 2: the BT.709 limited colour contract, HDR peak
 STAGE = Stage.preprocess
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,6 @@ def _run_plan(src: Path, probe: VideoProbe, plan: Plan, settings: PreprocessSett
         str(src),
         str(tmp),
         plan,
-        color_transfer=probe.color_transfer,
         crf=settings.crf,
         preset=settings.x264_preset,
         audio_kbps=settings.audio_bitrate_kbps,
@@ -212,11 +212,25 @@ def _run_plan(src: Path, probe: VideoProbe, plan: Plan, settings: PreprocessSett
     return result.model_copy(update={"path": str(out)})
 
 
+def _check_decodes(src: Path, settings: PreprocessSettings) -> None:
+    """MediaError naming the damage when any frame of the file fails to decode (remembered per file version)."""
+    errors = _decode_errors(*file_version(src), timeout_s=settings.transcode_timeout_s)
+    if errors:
+        raise MediaError(f"the file is corrupt (decoding it fails: {errors}); not sent")
+
+
+@functools.lru_cache(maxsize=1024)
+def _decode_errors(path: str, size: int, mtime_ns: int, *, timeout_s: float) -> str | None:  # size, mtime: key
+    return decode_errors(path, timeout_s=timeout_s)
+
+
 def _normalize(
     src: Path, probe: VideoProbe, source_sha: str, record: JobRecord, settings: PreprocessSettings
 ) -> PreparedVideo:
     opts = settings.plan_options(record.keep_audio)
     plan = plan_video(probe, opts)
+    if plan.mode in ("passthrough", "remux"):  # the source's coded video is what fal would decode
+        _check_decodes(src, settings)
     if plan.mode == "passthrough":
         return PreparedVideo(path=str(src), sha256=source_sha, probe=probe, actions=plan.actions)
     digest = settings.digest(record.keep_audio)

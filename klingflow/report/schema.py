@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: unit_price_usd, price_source; 3: run_name, manifest_path, manifest_sha256
+SCHEMA_VERSION = 4  # 2: unit_price_usd, price_source; 3: run_name, manifest_path, manifest_sha256;
+# 4: source_color_primaries, source_color_transfer, source_color_matrix, source_color_range
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -44,6 +45,10 @@ REPORT_SCHEMA = pa.schema(
         pa.field("source_is_hdr", pa.bool_()),
         pa.field("source_has_audio", pa.bool_()),
         pa.field("source_duration_s", pa.float64()),
+        pa.field("source_color_primaries", pa.string()),
+        pa.field("source_color_transfer", pa.string()),
+        pa.field("source_color_matrix", pa.string()),
+        pa.field("source_color_range", pa.string()),
         pa.field("preprocess_actions", pa.list_(pa.string())),
         # the input as uploaded (after preprocessing)
         pa.field("input_path", pa.string()),

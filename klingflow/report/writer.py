@@ -24,8 +24,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from klingflow.errors import ReportSchemaError
+from klingflow.media.plan import Colour, source_colour
+from klingflow.media.probe import VideoProbe
 from klingflow.models import JobRecord
 from klingflow.report.schema import REPORT_SCHEMA, SCHEMA_VERSION
 
@@ -64,7 +67,18 @@ def _source_columns(source: dict | None) -> dict[str, Any]:
     )
     cols = {f"source_{key}": src.get(key) for key in keys}
     cols["source_bytes"] = src.get("size_bytes")
+    colour = _source_colour(src)
+    for key in ("primaries", "transfer", "matrix", "range"):
+        cols[f"source_color_{key}"] = getattr(colour, key) if colour else None
     return cols
+
+
+def _source_colour(src: dict) -> Colour | None:
+    """The colour description preprocessing converted from: the tags, with untagged values guessed by size."""
+    try:
+        return source_colour(VideoProbe.model_validate(src))
+    except ValidationError:  # no probe (the job failed before it) or an incomplete one
+        return None
 
 
 @dataclass(frozen=True)

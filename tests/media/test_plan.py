@@ -66,12 +66,16 @@ def test_fit_size(size: tuple[int, int], fitted: tuple[int, int] | None) -> None
         ({"path": "/in/clip.m4v"}, "remux", ["remux"]),
         ({"container": "matroska,webm", "path": "/in/a.mkv"}, "remux", ["remux"]),
         ({"audio_codec": "opus"}, "remux", ["remux", "audio_transcode"]),
-        ({"duration_s": 30.0}, "remux", ["remux", "trim"]),
+        ({"duration_s": 30.0}, "transcode", ["transcode", "trim", "audio_transcode"]),
         ({"video_codec": "hevc"}, "transcode", ["transcode"]),
         ({"rotation": -90, "width": 1080, "height": 1920}, "transcode", ["transcode", "rotate"]),
         ({"fps": 120.0, "base_fps": 120.0}, "transcode", ["transcode", "fps"]),
         ({"size_bytes": 300_000_000}, "transcode", ["transcode", "bitrate_cap"]),
-        ({"color_primaries": 9, "pix_fmt": "yuv420p10le", "bit_depth": 10}, "transcode", ["transcode", "pix_fmt"]),
+        (
+            {"color_primaries": 9, "pix_fmt": "yuv420p10le", "bit_depth": 10},
+            "transcode",
+            ["transcode", "pix_fmt", "color:bt2020/bt709/bt709/tv->bt709/bt709/bt709/tv"],
+        ),
     ],
 )
 def test_least_work_decision(changes: dict, mode: str, actions: list[str]) -> None:
@@ -80,16 +84,16 @@ def test_least_work_decision(changes: dict, mode: str, actions: list[str]) -> No
     assert (plan.mode, plan.actions) == (mode, actions)
 
 
-def test_remux_trim_stops_short_of_the_limit() -> None:
-    """A stream-copy cut ends 3 frames before 10 s (copies keep reordered frames past -t)."""
+def test_trim_is_a_frame_accurate_reencode_at_the_limit() -> None:
+    """A cut re-encodes (a stream copy cuts at packets) exactly at 10 s, the audio with it."""
     plan = plan_video(probe(duration_s=14.0), PlanOptions())
-    assert plan.trim_s == pytest.approx(10.0 - 3 / 30)
+    assert (plan.mode, plan.trim_s, plan.duration_s, plan.audio) == ("transcode", 10.0, 10.0, "aac")
 
 
-def test_over_limit_file_that_fits_after_trim_is_only_remuxed() -> None:
-    """250 MB over 20 s is 125 MB once cut to 10 s: no re-encode needed."""
+def test_over_limit_file_that_fits_after_trim_has_no_bitrate_cap() -> None:
+    """250 MB over 20 s is 125 MB once cut to 10 s: the cut re-encode needs no extra rate cap action."""
     plan = plan_video(probe(duration_s=20.0, size_bytes=250_000_000), PlanOptions())
-    assert plan.mode == "remux"
+    assert plan.mode == "transcode" and "bitrate_cap" not in plan.actions
 
 
 def test_rejections_carry_the_policy_to_change() -> None:
@@ -128,11 +132,28 @@ def test_ffmpeg_command_for_hdr_rotated_long_clip() -> None:
         fps=29.5,
     )
     plan = plan_video(p, PlanOptions())
-    assert plan.actions == ["transcode", "trim", "scale", "rotate", "cfr", "tonemap"]
-    args = ffmpeg_args("in.mov", "out.mp4", plan, color_transfer=16, crf=18, preset="medium", audio_kbps=192)
+    assert plan.actions == [
+        "transcode",
+        "trim",
+        "scale",
+        "rotate",
+        "cfr",
+        "tonemap",
+        "tonemap_peak:1000 cd/m2 (assumed)",
+        "color:bt2020/smpte2084/bt709/tv->bt709/bt709/bt709/tv",
+        "audio_transcode",  # cut exactly at 10 s, not at an AAC packet boundary
+    ]
+    args = ffmpeg_args("in.mov", "out.mp4", plan, crf=18, preset="medium", audio_kbps=192)
     vf = args[args.index("-vf") + 1]
-    assert vf.startswith("zscale=tin=smpte2084") and "tonemap=tonemap=hable" in vf
-    assert "fps=30,scale=1216:2160" in vf and vf.endswith("format=yuv420p,setsar=1")
+    assert vf.startswith("zscale=pin=bt2020:tin=smpte2084") and "tonemap=tonemap=reinhard" in vf and "peak=15" in vf
+    assert "fps=30,scale=1216:2160" in vf and vf.endswith(
+        "format=yuv420p,setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709:range=tv,setsar=1"
+    )
     joined = " ".join(args)
-    assert "-c:v libx264" in joined and "-pix_fmt yuv420p" in joined and "-color_trc bt709" in joined
-    assert "-c:a copy" in joined and "-t 10" in joined and "-movflags +faststart -f mp4 out.mp4" in joined
+    assert (
+        "-c:v libx264" in joined
+        and "-pix_fmt yuv420p" in joined
+        and "-color_trc bt709" in joined
+        and "-color_range tv" in joined
+    )
+    assert "-c:a aac" in joined and "-t 10" in joined and "-movflags +faststart -f mp4 out.mp4" in joined

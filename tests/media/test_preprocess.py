@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -230,12 +231,23 @@ def test_size_and_pixel_format_are_normalized(
     assert out.width / out.height == pytest.approx(src_aspect, rel=0.01)
 
 
-def test_long_clip_is_trimmed_by_stream_copy(corpus: Corpus, tmp_path: Path) -> None:
-    """A compliant 14 s H.264 clip is cut to at most 10 s without re-encoding."""
+def test_long_clip_is_trimmed_frame_accurately(corpus: Corpus, tmp_path: Path) -> None:
+    """A compliant 14 s 24 fps clip cut to 10 s keeps exactly the 240 frames inside the window, evenly spaced
+    (no frame dropped at the cut), with the audio cut to the video: both within one frame of 10 s."""
     record = preprocess_job(job(corpus["long14"]), settings_for(tmp_path))
     out = assert_endpoint_ready(record)
-    assert record.preprocess_actions == ["remux", "trim"]
-    assert 9.8 <= out.duration_s <= 10.05
+    assert record.preprocess_actions[:2] == ["transcode", "trim"]
+    frame = 1 / 24
+    with av.open(record.input_path) as container:
+        video = container.streams.video[0]
+        pts = sorted(float(p.pts * video.time_base) for p in container.demux(video) if p.pts is not None)
+        container.seek(0)
+        audio = container.streams.audio[0]
+        ends = [float((p.pts + p.duration) * audio.time_base) for p in container.demux(audio) if p.pts is not None]
+    assert len(pts) == 240 and pts[0] == pytest.approx(0, abs=1e-3)
+    assert max(b - a for a, b in itertools.pairwise(pts)) == pytest.approx(frame, abs=1e-3)
+    assert abs(pts[-1] + frame - 10.0) <= frame and abs(max(ends) - 10.0) <= frame
+    assert abs(out.duration_s - 10.0) <= frame
     assert record.estimated_seconds == 10
 
 

@@ -56,6 +56,25 @@ def test_records_to_table_derives_columns() -> None:
     assert row["estimated_seconds"] == 5.0 and isinstance(row["estimated_seconds"], float)
 
 
+def test_source_colour_columns() -> None:
+    """Schema v4: the source's colour description as converted from (untagged HD read as BT.709 limited);
+    a BT.2020 full-range source is named as such; a job without a probe has nulls."""
+    record = succeeded("j", 1)
+    row = record_to_row(record, run_id="r", run_started_at=T0, backend="b", endpoint="e")
+    colour = [row[f"source_color_{k}"] for k in ("primaries", "transfer", "matrix", "range")]
+    assert SCHEMA_VERSION == 4 and colour == ["bt709", "bt709", "bt709", "tv"]
+    wide = {**record.source, "color_primaries": 9, "color_transfer": 14, "color_space": 9, "color_range": 2}
+    row = record_to_row(record.with_(source=wide), run_id="r", run_started_at=T0, backend="b", endpoint="e")
+    assert [row[f"source_color_{k}"] for k in ("primaries", "transfer", "matrix", "range")] == [
+        "bt2020",
+        "bt2020-10",
+        "bt2020nc",
+        "pc",
+    ]
+    row = record_to_row(failed("k", 2).with_(source=None), run_id="r", run_started_at=T0, backend="b", endpoint="e")
+    assert row["source_color_primaries"] is None
+
+
 def test_naive_datetimes_are_taken_as_utc() -> None:
     """A naive run start is stored as the same wall time in UTC, not shifted by the local zone."""
     table = records_to_table(
@@ -251,7 +270,7 @@ def test_schema_v3_names_the_run_and_its_manifest(tmp_path: Path, monkeypatch: p
     run = RunInfo.of("batch.csv", "march batch")
     write_run(tmp_path / "reports", "r1", [succeeded("a", 1), failed("b", 2)], run=run)
     df = read_history(tmp_path / "reports")
-    assert SCHEMA_VERSION == 3 and set(df["schema_version"]) == {3}
+    assert set(df["schema_version"]) == {SCHEMA_VERSION}
     assert set(df["run_name"]) == {"march batch"}
     assert set(df["manifest_path"]) == {str(manifest)}
     assert set(df["manifest_sha256"]) == {hashlib.sha256(manifest.read_bytes()).hexdigest()}
@@ -271,6 +290,6 @@ def test_a_v2_file_still_reads_beside_v3_files(tmp_path: Path) -> None:
     pq.write_table(v2, tmp_path / "run-old.parquet")
     write_run(tmp_path, "new", [succeeded("b", 1)], started=T0 + timedelta(hours=1), run=RunInfo(run_name="n2"))
     df = read_history(tmp_path)
-    assert list(df["schema_version"]) == [2, 3]
+    assert list(df["schema_version"]) == [2, SCHEMA_VERSION]
     assert df["run_name"].isna().tolist() == [True, False] and df["run_name"].iloc[1] == "n2"
     assert df["manifest_path"].isna().tolist() == [True, True]
