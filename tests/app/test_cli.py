@@ -47,6 +47,7 @@ def test_every_option_sets_its_field() -> None:
         "--input-host=cdn.example.com",
         "--allow-private-addresses",
         "--name=batch-7",
+        "--fail-on-job-failure",
     )
     assert params.model_dump(mode="json", include=set(RUN_OPTIONS.values())) == {
         "backend": "simulator",
@@ -73,6 +74,7 @@ def test_every_option_sets_its_field() -> None:
         "input_hosts": ["cdn.example.com"],
         "allow_private_addresses": True,
         "run_name": "batch-7",
+        "fail_run_on_job_failure": True,
     }
 
 
